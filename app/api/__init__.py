@@ -1,0 +1,1 @@
+"""HTTP routes: each module parses, calls the core, renders."""

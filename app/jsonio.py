@@ -1,0 +1,85 @@
+"""JSON in and out, exactly.
+
+In: duplicate keys, NaN and Infinity are refused and every number with a fraction or an
+exponent becomes a :class:`~decimal.Decimal` (0.1 is one tenth, never a binary float).
+Out: :class:`~decimal.Decimal` values are written as JSON numbers digit for digit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from decimal import Decimal
+from typing import Any
+
+
+class JSONDecodeError(ValueError):
+    """The body is not the strict JSON Tally accepts; ``message`` says why."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise JSONDecodeError(f"duplicate key {key!r} in a JSON object")
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise JSONDecodeError(f"{name} is not a number Tally accepts")
+
+
+def _exact_int(text: str) -> int | Decimal:
+    # Very long integers would make int() slow (and CPython limits them): keep them decimal.
+    return int(text) if len(text) <= 40 else Decimal(text)
+
+
+def loads(body: bytes | str) -> Any:
+    """Parse strict JSON (see module docstring)."""
+    try:
+        return json.loads(
+            body,
+            object_pairs_hook=_no_duplicates,
+            parse_float=Decimal,
+            parse_int=_exact_int,
+            parse_constant=_no_constants,
+        )
+    except JSONDecodeError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        # UnicodeDecodeError and json.JSONDecodeError are ValueErrors.
+        raise JSONDecodeError(f"malformed JSON: {exc}") from None
+
+
+# Decimals are written through a marker string that is then replaced by the number's digits:
+# json's encoders (C and Python) write floats with float.__repr__, so a float subclass cannot
+# carry exact text. The marker holds a per-process random nonce, so no client string can
+# forge it.
+_NONCE = secrets.token_hex(8)
+_MARK = f"@dec{_NONCE}:"
+_MARKED = re.compile('"' + re.escape(_MARK) + r'(-?[0-9]+(?:\.[0-9]+)?)"')
+
+
+def _prepare(obj: Any) -> Any:
+    if isinstance(obj, Decimal):
+        if not obj.is_finite():
+            raise ValueError("cannot write a non-finite Decimal as JSON")
+        return _MARK + format(obj, "f")
+    if isinstance(obj, dict):
+        return {k: _prepare(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_prepare(v) for v in obj]
+    return obj
+
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialise ``obj`` compactly as UTF-8 JSON; Decimals become exact JSON numbers."""
+    text = _encoder.encode(_prepare(obj))
+    if _MARK in text:
+        text = _MARKED.sub(r"\1", text)
+    return text.encode("utf-8")

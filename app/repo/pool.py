@@ -1,0 +1,28 @@
+"""The one asyncpg pool of a process."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from app.settings import Settings
+
+
+async def create_pool(settings: Settings, *, min_size: int = 0) -> asyncpg.Pool:
+    """Create the process's pool.
+
+    ``min_size=0`` opens connections lazily, so an API process starts (and serves ingest
+    from Redis) while PostgreSQL is still coming up; ``/ready`` says when it is reachable.
+    Every statement gets the settings' timeout so a hung database answers 503, not never.
+    """
+    timeout = settings.database_timeout
+    pool = await asyncpg.create_pool(
+        dsn=settings.database_url,
+        min_size=min_size,
+        max_size=settings.database_pool_size,
+        timeout=timeout,
+        command_timeout=timeout,
+        max_inactive_connection_lifetime=60.0,
+        server_settings={"application_name": "tally"},
+    )
+    assert pool is not None
+    return pool

@@ -1,0 +1,33 @@
+"""What a running API process holds: opened in the lifespan, passed to handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from app.auth import KeyCache
+from app.hotpath.coalescer import Coalescer
+from app.hotpath.ingest import IdempotencyConfig
+from app.scripts import Scripts
+from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.worker.status import FlusherStatus
+
+
+@dataclass
+class Services:
+    """The process's resources. One Redis client and one pool, never one per request."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    pool: asyncpg.Pool
+    scripts: Scripts
+    keys: KeyCache
+    coalescer: Coalescer
+    idempotency: IdempotencyConfig
+    flusher: FlusherStatus | None = None
+    migrations_current: bool = field(default=False)

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): each module measures one path and writes its numbers."""

@@ -1,0 +1,112 @@
+"""Throwaway servers and databases for the test suite.
+
+Real Redis and PostgreSQL are started from binaries on PATH (else the pip-installed
+embedded ones) unless REDIS_URL / DATABASE_URL point at servers to use instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from app.embedded import PostgresServer, RedisServer
+from app.repo import migrations
+
+_counter = itertools.count()
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary directory that an unprivileged PostgreSQL can use."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` pointing at another database on the same server."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+@dataclass
+class PostgresCluster:
+    """A PostgreSQL server with a migrated template database to clone per test module."""
+
+    admin_url: str
+    server: PostgresServer | None = None
+    template: str = "tally_template"
+
+    async def _admin(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.admin_url, timeout=30)
+
+    async def prepare_template(self) -> None:
+        """(Re)create the template database with every migration applied."""
+        self.template = f"tally_template_{os.getpid()}"
+        conn = await self._admin()
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{self.template}"')
+            await conn.execute(f'CREATE DATABASE "{self.template}"')
+        finally:
+            await conn.close()
+        target = await asyncpg.connect(with_database(self.admin_url, self.template))
+        try:
+            await migrations.migrate(target)
+        finally:
+            await target.close()
+
+    async def clone(self) -> str:
+        """A fresh migrated database; returns its URL."""
+        name = f"tally_test_{os.getpid()}_{next(_counter)}"
+        conn = await self._admin()
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        finally:
+            await conn.close()
+        return with_database(self.admin_url, name)
+
+    async def empty(self) -> str:
+        """A fresh database with no migrations applied; returns its URL."""
+        name = f"tally_empty_{os.getpid()}_{next(_counter)}"
+        conn = await self._admin()
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        return with_database(self.admin_url, name)
+
+    async def drop(self, url: str) -> None:
+        """Drop a database made by :meth:`clone` / :meth:`empty`."""
+        name = urlsplit(url).path.lstrip("/")
+        conn = await self._admin()
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+def start_postgres() -> PostgresCluster:
+    """Use DATABASE_URL's server, or start a throwaway one."""
+    given = os.environ.get("DATABASE_URL")
+    if given:
+        cluster = PostgresCluster(admin_url=given)
+    else:
+        server = PostgresServer(scratch_dir("tally-pg-"), durable=False).start()
+        cluster = PostgresCluster(admin_url=server.url, server=server)
+    asyncio.run(cluster.prepare_template())
+    return cluster
+
+
+def start_redis() -> tuple[str, RedisServer | None]:
+    """Use REDIS_URL's server, or start a throwaway one."""
+    given = os.environ.get("REDIS_URL")
+    if given:
+        return given, None
+    server = RedisServer(scratch_dir("tally-redis-"), appendonly=False).start()
+    return server.url, server

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from app.settings import Settings, SettingsError, mask_url
+
+BASE = {
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "DATABASE_URL": "postgresql://tally:s3cret@db:5432/tally",
+}
+
+
+def test_defaults() -> None:
+    s = Settings.from_env(BASE)
+    assert s.flush_interval == 10.0
+    assert s.rate_limit is None
+    assert s.idempotency_ttl == 86_400
+    assert s.shutdown_grace == 10.0
+
+
+def test_decimal_interval_and_rate_limit() -> None:
+    s = Settings.from_env({**BASE, "TALLY_FLUSH_INTERVAL": "0.01", "TALLY_RATE_LIMIT": "2.5"})
+    assert s.flush_interval == pytest.approx(0.01)
+    assert s.rate_limit == Decimal("2.5")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TALLY_FLUSH_INTERVAL", "0"),
+        ("TALLY_FLUSH_INTERVAL", "-1"),
+        ("TALLY_FLUSH_INTERVAL", "ten"),
+        ("TALLY_FLUSH_INTERVAL", "NaN"),
+        ("TALLY_FLUSH_INTERVAL", "Infinity"),
+        ("TALLY_RATE_LIMIT", "0"),
+        ("TALLY_RATE_LIMIT", "fast"),
+        ("TALLY_IDEMPOTENCY_TTL", "12"),
+        ("TALLY_IDEMPOTENCY_TTL", "1.5"),
+        ("TALLY_LOG_FORMAT", "xml"),
+        ("REDIS_URL", "http://localhost"),
+        ("DATABASE_URL", "mysql://x"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({**BASE, name: value})
+
+
+@pytest.mark.parametrize("missing", ["REDIS_URL", "DATABASE_URL"])
+def test_urls_required(missing: str) -> None:
+    env = {k: v for k, v in BASE.items() if k != missing}
+    with pytest.raises(SettingsError, match=missing):
+        Settings.from_env(env)
+    assert Settings.from_env(env, require_urls=False)
+
+
+def test_repr_masks_secrets() -> None:
+    s = Settings.from_env({**BASE, "REDIS_URL": "redis://:hunter2@cache:6379/0"})
+    text = repr(s)
+    assert "s3cret" not in text
+    assert "hunter2" not in text
+    assert "***" in text
+    assert mask_url("redis://cache:6379") == "redis://cache:6379"
+
+
+def test_frozen() -> None:
+    s = Settings.from_env(BASE)
+    with pytest.raises(AttributeError):
+        s.flush_interval = 1.0  # type: ignore[misc]
