@@ -1,0 +1,92 @@
+"""The Starlette application factory and the lifespan that owns every resource."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+import anyio
+import structlog
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Route
+
+from app.api import ops, usage
+from app.auth import KeyCache
+from app.errors import EXCEPTION_HANDLERS
+from app.hotpath.client import check_redis, create_redis
+from app.hotpath.coalescer import Coalescer
+from app.hotpath.events import Event
+from app.hotpath.ingest import IdempotencyConfig, Outcome, apply_events
+from app.repo import tenants
+from app.repo.pool import create_pool
+from app.scripts import Scripts
+from app.services import Services
+from app.settings import Settings
+
+log = structlog.get_logger("tally.app")
+
+
+def routes() -> list[BaseRoute]:
+    """Every route of the API."""
+    return [
+        Route("/health", ops.health, methods=["GET"]),
+        Route("/ready", ops.ready, methods=["GET"]),
+        Route("/openapi.json", ops.openapi, methods=["GET"]),
+        Route("/api/v1/usage", usage.ingest_one, methods=["POST"]),
+        Route("/api/v1/usage/batch", usage.ingest_batch, methods=["POST"]),
+    ]
+
+
+def create_app(settings: Settings, *, run_flusher: bool = False) -> Starlette:
+    """Build the ASGI app. Resources open in the lifespan, never at import or here."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redis = create_redis(settings)
+        try:
+            await check_redis(redis, settings.startup_timeout)
+            pool = await create_pool(settings)
+        except BaseException:
+            await redis.aclose()
+            raise
+        scripts = Scripts.register(redis)
+        idempotency = IdempotencyConfig(settings.idempotency_ttl, settings.idempotency_fanout)
+
+        async def apply(tenant: str, events: Sequence[Event]) -> list[Outcome]:
+            return await apply_events(scripts, tenant, events, idempotency)
+
+        async def lookup(key_id: str) -> tenants.KeyRecord | None:
+            return await tenants.find_key(pool, key_id)
+
+        svc = Services(
+            settings=settings,
+            redis=redis,
+            pool=pool,
+            scripts=scripts,
+            keys=KeyCache(lookup, settings.key_cache_ttl),
+            coalescer=Coalescer(apply),
+            idempotency=idempotency,
+        )
+        app.state.services = svc
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(svc.coalescer.run)
+                if run_flusher:
+                    from app.worker.flusher import Flusher
+
+                    flusher = Flusher(settings, redis, pool)
+                    svc.flusher = flusher.status
+                    await tg.start(flusher.run_until_stopped)
+                log.info("app.started", flusher=run_flusher)
+                try:
+                    yield
+                finally:
+                    if run_flusher:
+                        await flusher.stop()
+                    tg.cancel_scope.cancel()
+        finally:
+            await pool.close()
+            await redis.aclose()
+            log.info("app.stopped")
+
+    return Starlette(routes=routes(), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

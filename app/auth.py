@@ -1,0 +1,112 @@
+"""Bearer API keys: verified against PostgreSQL, cached in process.
+
+The ingest path must not query PostgreSQL per request: a verified key is cached for
+``ttl`` seconds (so a revocation is seen within that time). When PostgreSQL is down, a key
+already in the cache keeps working past its TTL (ingest survives the outage); a key that
+is not in the cache cannot be checked and gets 503, never 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+
+from app import apikeys
+from app.apikeys import Scope
+from app.errors import ApiError
+from app.repo.errors import DatabaseUnavailableError
+from app.repo.tenants import KeyRecord
+
+Lookup = Callable[[str], Awaitable[KeyRecord | None]]
+# Unknown key ids are remembered briefly too, so a flood of bad keys does not reach the
+# database once per request.
+NEGATIVE_TTL = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the tenant comes from the key only."""
+
+    key_id: str
+    tenant: str
+    scope: Scope
+    customer_id: str | None
+
+
+@dataclass
+class _Entry:
+    record: KeyRecord | None
+    fetched_at: float
+
+
+def _unauthorized(message: str = "missing or unknown API key") -> ApiError:
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+@dataclass
+class KeyCache:
+    """Verified keys by id, with single-flight refreshes."""
+
+    lookup: Lookup
+    ttl: float
+    _entries: dict[str, _Entry] = field(default_factory=dict)
+    _inflight: dict[str, asyncio.Future[KeyRecord | None]] = field(default_factory=dict)
+
+    async def _record(self, key_id: str) -> KeyRecord | None:
+        now = time.monotonic()
+        entry = self._entries.get(key_id)
+        if entry is not None:
+            fresh_for = self.ttl if entry.record is not None else NEGATIVE_TTL
+            if now - entry.fetched_at < fresh_for:
+                return entry.record
+        try:
+            record = await self._fetch(key_id)
+        except DatabaseUnavailableError:
+            if entry is not None and entry.record is not None:
+                return entry.record  # serve from the cache while PostgreSQL is down
+            raise
+        self._entries[key_id] = _Entry(record, time.monotonic())
+        return record
+
+    async def _fetch(self, key_id: str) -> KeyRecord | None:
+        pending = self._inflight.get(key_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[KeyRecord | None] = asyncio.get_running_loop().create_future()
+        self._inflight[key_id] = future
+        try:
+            record = await self.lookup(key_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters may be none
+            raise
+        else:
+            future.set_result(record)
+            return record
+        finally:
+            del self._inflight[key_id]
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        """The caller behind an ``Authorization`` header, or 401 / 503."""
+        if not authorization:
+            raise _unauthorized("missing Authorization: Bearer <key>")
+        scheme, _, text = authorization.partition(" ")
+        text = text.strip()
+        if scheme.lower() != "bearer" or not text:
+            raise _unauthorized("Authorization must be 'Bearer <key>'")
+        key_id = apikeys.key_id_of(text)
+        if key_id is None:
+            raise _unauthorized()
+        record = await self._record(key_id)
+        if record is None or record.revoked or not apikeys.matches(text, record.secret_hash):
+            raise _unauthorized()
+        return Principal(record.key_id, record.tenant, record.scope, record.customer_id)
+
+
+def require(principal: Principal, scopes: Collection[Scope]) -> None:
+    """403 unless the principal's scope is one of ``scopes``."""
+    if principal.scope not in scopes:
+        allowed = " or ".join(sorted(s.value for s in scopes))
+        raise ApiError(403, "forbidden", f"this route needs a key with scope {allowed}")
