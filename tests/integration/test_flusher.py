@@ -1,0 +1,180 @@
+"""The flusher against real Redis, real PostgreSQL and real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from collections import Counter
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from app.apikeys import Scope
+from app.hotpath.keys import HEARTBEAT
+from app.repo.pool import create_pool
+from app.settings import Settings
+from app.worker.faults import POINTS
+from app.worker.flusher import Flusher
+from tests.integration.flush_helpers import (
+    Truth,
+    cold_totals,
+    ingest_random,
+    kill,
+    leftovers,
+    run_flush,
+    start_flush,
+)
+from tests.keys import make_key
+
+
+@pytest.fixture
+async def tenant(database_url: str, redis: aioredis.Redis) -> str:
+    await make_key(database_url, "acme", Scope.INGEST)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("TRUNCATE usage_records, flushes")
+    finally:
+        await conn.close()
+    return "acme"
+
+
+async def test_cycle_moves_everything_exactly(
+    settings: Settings, redis: aioredis.Redis, tenant: str
+) -> None:
+    truth: Truth = Counter()
+    await ingest_random(redis, truth, events=500)
+    pool = await create_pool(settings)
+    try:
+        flusher = Flusher(settings, redis, pool)
+        results = await flusher.cycle()
+        assert sum(r.fields for r in results) == len(truth)
+        assert await cold_totals(settings.database_url) == truth
+        assert await leftovers(redis) == []
+        assert await redis.exists(HEARTBEAT)
+        # Nothing left: a second cycle commits nothing.
+        again = await flusher.cycle()
+        assert sum(r.fields for r in again) == 0
+        await ingest_random(redis, truth, events=100, rng=random.Random(99))
+        await flusher.cycle()
+        assert await cold_totals(settings.database_url) == truth
+    finally:
+        await pool.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", POINTS)
+async def test_crash_at_each_point_then_restart_is_exact(
+    settings: Settings, redis: aioredis.Redis, tenant: str, point: str
+) -> None:
+    truth: Truth = Counter()
+    rng = random.Random(point)
+    for round_ in range(2):
+        await ingest_random(redis, truth, events=150, rng=rng)
+        crashed = run_flush(settings, "--once", TALLY_FAULT_CRASH_AT=f"{point}:{round_ + 1}")
+        assert crashed.returncode == 137, crashed.stderr[-2000:]
+        # More usage arrives while the flusher is down.
+        await ingest_random(redis, truth, events=50, rng=rng)
+    recovered = run_flush(settings, "--once")
+    assert recovered.returncode == 0, recovered.stderr[-2000:]
+    assert await cold_totals(settings.database_url) == truth
+    assert await leftovers(redis) == []
+
+
+@pytest.mark.slow
+async def test_sigkilled_every_second_under_load_is_exact(
+    settings: Settings, redis: aioredis.Redis, tenant: str
+) -> None:
+    truth: Truth = Counter()
+    rng = random.Random(3)
+    deadline = time.monotonic() + 6
+    proc = start_flush(settings)
+    kills = 0
+    try:
+        while time.monotonic() < deadline:
+            await ingest_random(redis, truth, events=100, rng=rng)
+            await asyncio.sleep(0.05)
+            if time.monotonic() > deadline - 6 + kills + 1:
+                kill(proc)
+                kills += 1
+                proc = start_flush(settings)
+    finally:
+        kill(proc)
+    assert kills >= 4
+    done = run_flush(settings, "--once")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert await cold_totals(settings.database_url) == truth
+    assert await leftovers(redis) == []
+
+
+@pytest.mark.slow
+async def test_four_flushers_at_once_are_exact(
+    settings: Settings, redis: aioredis.Redis, tenant: str
+) -> None:
+    truth: Truth = Counter()
+    rng = random.Random(4)
+    procs = [start_flush(settings) for _ in range(4)]
+    try:
+        for _ in range(40):
+            await ingest_random(redis, truth, events=100, rng=rng)
+            await asyncio.sleep(0.05)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        outputs = [proc.communicate(timeout=30) for proc in procs]
+    for proc, (_, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-2000:]
+        assert "Traceback" not in err
+    done = run_flush(settings, "--once")
+    assert done.returncode == 0
+    assert await cold_totals(settings.database_url) == truth
+    assert await leftovers(redis) == []
+
+
+@pytest.mark.slow
+async def test_sigterm_flushes_hot_data_and_exits_zero(
+    settings: Settings, redis: aioredis.Redis, tenant: str
+) -> None:
+    truth: Truth = Counter()
+    proc = start_flush(settings, "--interval", "3600")
+    try:
+        await asyncio.sleep(1.5)  # the first (empty) cycle has run; the next is an hour away
+        await ingest_random(redis, truth, events=300)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert time.monotonic() - started < 10  # within the default grace period
+    assert await cold_totals(settings.database_url) == truth
+    assert await leftovers(redis) == []
+
+
+@pytest.mark.slow
+async def test_wiped_redis_halts_the_flusher(
+    settings: Settings, redis: aioredis.Redis, tenant: str
+) -> None:
+    truth: Truth = Counter()
+    for i in range(3):
+        await ingest_random(redis, truth, events=100, rng=random.Random(i))
+        assert run_flush(settings, "--once").returncode == 0
+    assert await cold_totals(settings.database_url) == truth
+    await redis.flushall()
+    await ingest_random(redis, Counter(), events=100, rng=random.Random(0))
+    halted = run_flush(settings, "--once")
+    assert halted.returncode == 3
+    assert "Redis lost its flush state" in halted.stderr or "went back in time" in halted.stderr
+    # Nothing was double counted.
+    assert await cold_totals(settings.database_url) == truth
+
+
+async def test_check_reports_the_heartbeat(
+    settings: Settings, redis: aioredis.Redis, tenant: str
+) -> None:
+    assert run_flush(settings, "--check").returncode == 1
+    assert run_flush(settings, "--once").returncode == 0
+    assert run_flush(settings, "--check").returncode == 0
