@@ -10,7 +10,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 
-from app.api import ops, usage
+from app.api import billing, catalog, ops, usage
 from app.auth import KeyCache
 from app.errors import EXCEPTION_HANDLERS
 from app.hotpath.client import check_redis, create_redis
@@ -34,6 +34,14 @@ def routes() -> list[BaseRoute]:
         Route("/openapi.json", ops.openapi, methods=["GET"]),
         Route("/api/v1/usage", usage.ingest_one, methods=["POST"]),
         Route("/api/v1/usage/batch", usage.ingest_batch, methods=["POST"]),
+        Route("/api/v1/usage/{customer_id}", billing.get_usage, methods=["GET"]),
+        Route("/api/v1/billing/{customer_id}", billing.get_bill, methods=["GET"]),
+        Route("/api/v1/customers", catalog.list_customers, methods=["GET"]),
+        Route("/api/v1/customers/{customer_id}", catalog.get_customer, methods=["GET"]),
+        Route("/api/v1/customers/{customer_id}", catalog.put_customer, methods=["PUT"]),
+        Route("/api/v1/plans", catalog.list_plans, methods=["GET"]),
+        Route("/api/v1/plans/{plan_id}", catalog.get_plan, methods=["GET"]),
+        Route("/api/v1/plans/{plan_id}", catalog.put_plan, methods=["PUT"]),
     ]
 
 

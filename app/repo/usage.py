@@ -162,3 +162,83 @@ async def rollup(pool: asyncpg.Pool, older_than: float, limit: int = 500) -> int
             limit,
         )
     return int(folded or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ColdRead:
+    """A customer's flushed usage in a range, and what the read rule needs to know."""
+
+    buckets: dict[tuple[str, datetime], Decimal]
+    pending_committed: bool
+    any_usage: bool
+    customer_exists: bool
+    plan_id: str | None
+    plan_body: str | None
+
+
+async def read_cold(
+    pool: asyncpg.Pool,
+    tenant: str,
+    customer_id: str,
+    shard: int,
+    start: datetime,
+    end: datetime,
+    seq: int,
+    pending_seq: int,
+) -> ColdRead:
+    """One statement: the customer's flushed rows in ``[start, end)`` visible under the
+    read rule, whether the pending flush ``pending_seq`` is already committed, and the
+    customer's record and plan.
+
+    Read rule (design/hot-cold.md): rows of flushes with seq ≤ ``seq`` (the shard's seq
+    when Redis was read) plus rolled-up rows (seq 0). Flushes drained after the Redis read
+    have seq > ``seq`` and their units were counted from Redis, so they are left out.
+    """
+    async with translated():
+        rows = await pool.fetch(
+            """
+            WITH cold AS (
+                SELECT resource_type, bucket_start, sum(quantity) AS quantity
+                FROM usage_records
+                WHERE tenant = $1 AND customer_id = $2
+                  AND bucket_start >= $3 AND bucket_start < $4
+                  AND (seq = 0 OR (shard = $5 AND seq <= $6))
+                GROUP BY resource_type, bucket_start
+            ), facts AS (
+                SELECT
+                    EXISTS (SELECT 1 FROM flushes
+                            WHERE tenant = $1 AND shard = $5 AND seq = $7) AS pending_committed,
+                    EXISTS (SELECT 1 FROM usage_records
+                            WHERE tenant = $1 AND customer_id = $2) AS any_usage,
+                    c.customer_id IS NOT NULL AS customer_exists,
+                    c.plan_id,
+                    p.body::text AS plan_body
+                FROM (SELECT 1) AS one
+                LEFT JOIN customers c ON c.tenant = $1 AND c.customer_id = $2
+                LEFT JOIN plans p ON p.tenant = c.tenant AND p.plan_id = c.plan_id
+            )
+            SELECT f.*, cold.resource_type, cold.bucket_start, cold.quantity
+            FROM facts f LEFT JOIN cold ON true
+            """,
+            tenant,
+            customer_id,
+            start,
+            end,
+            shard,
+            seq,
+            pending_seq,
+        )
+    first = rows[0]
+    buckets = {
+        (r["resource_type"], r["bucket_start"]): r["quantity"]
+        for r in rows
+        if r["resource_type"] is not None
+    }
+    return ColdRead(
+        buckets=buckets,
+        pending_committed=first["pending_committed"],
+        any_usage=first["any_usage"],
+        customer_exists=first["customer_exists"],
+        plan_id=first["plan_id"],
+        plan_body=first["plan_body"],
+    )

@@ -1,0 +1,153 @@
+"""Reads: the live bill and usage series, exact at every instant."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app import jsonio
+from app.api.context import caller, services
+from app.api.params import not_found, path_id
+from app.apikeys import Scope
+from app.auth import Principal
+from app.errors import validation_error
+from app.plans import parse_plan
+from app.pricing import bill_to_json, price_bill
+from app.quantities import format_quantity
+from app.responses import JSONResponse
+from app.timestamps import Period, TimestampError, format_utc, parse_rfc3339
+from app.usage_reads import CustomerUsage, read_customer_usage
+
+READ = (Scope.READ, Scope.ADMIN)
+MAX_RANGE = timedelta(days=100)
+_PERIOD = re.compile(r"(\d{4})-(\d{2})")
+
+
+def _customer(request: Request, principal: Principal) -> str:
+    customer_id = path_id(request, "customer_id")
+    # A key bound to one customer sees no other: the others answer 404, like the missing.
+    if principal.customer_id is not None and principal.customer_id != customer_id:
+        raise not_found("customer")
+    return customer_id
+
+
+def _period(request: Request) -> Period:
+    raw = request.query_params.get("period")
+    if raw is None:
+        return Period.containing(datetime.now(UTC))
+    match = _PERIOD.fullmatch(raw)
+    if match is None or not 1 <= int(match[2]) <= 12 or int(match[1]) < 1970:
+        raise validation_error("period", "period must be YYYY-MM", "invalid_period")
+    return Period.of_month(int(match[1]), int(match[2]))
+
+
+async def get_bill(request: Request) -> Response:
+    """The customer's bill for a month: exact usage so far, priced against its plan."""
+    principal = await caller(request, READ)
+    customer_id = _customer(request, principal)
+    period = _period(request)
+    svc = services(request)
+    usage = await read_customer_usage(
+        svc.scripts, svc.pool, principal.tenant, customer_id, period.first_hour, period.end_hour
+    )
+    if not usage.exists:
+        raise not_found("customer")
+    plan = (
+        parse_plan(usage.plan_id, jsonio.loads(usage.plan_body))
+        if (usage.plan_id and usage.plan_body)
+        else None
+    )
+    bill = bill_to_json(price_bill(plan, usage.per_resource()))
+    body: dict[str, Any] = {
+        "customer_id": customer_id,
+        "currency": bill.pop("currency"),
+        "estimated_bill": bill.pop("estimated_bill"),
+        "plan_id": usage.plan_id if plan is not None else None,
+        "period": {"start": format_utc(period.start), "end": format_utc(period.end)},
+        "as_of": format_utc(datetime.now(UTC)),
+    }
+    body.update(bill)
+    return JSONResponse(body)
+
+
+def _range(request: Request) -> tuple[datetime, datetime]:
+    now = datetime.now(UTC)
+    bounds: dict[str, datetime] = {}
+    for name, default in (
+        ("from", Period.containing(now).start),
+        ("to", now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)),
+    ):
+        raw = request.query_params.get(name)
+        if raw is None:
+            bounds[name] = default
+            continue
+        try:
+            ns = parse_rfc3339(raw)
+        except TimestampError as exc:
+            raise validation_error(name, f"{name} {exc}", "invalid_timestamp") from None
+        bounds[name] = datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC) + timedelta(
+            microseconds=(ns % 1_000_000_000) / 1000
+        )
+    start, end = bounds["from"], bounds["to"]
+    if end <= start:
+        raise validation_error("to", "to must be after from", "invalid_range")
+    if end - start > MAX_RANGE:
+        raise validation_error("to", "the range may span at most 100 days", "invalid_range")
+    return start, end
+
+
+def _ceil_hour(moment: datetime) -> int:
+    seconds = moment.timestamp()
+    hour = int(seconds // 3600)
+    return hour if hour * 3600 == seconds else hour + 1
+
+
+async def get_usage(request: Request) -> Response:
+    """Usage per resource type and hour or day; an hour counts when it starts in range."""
+    principal = await caller(request, READ)
+    customer_id = _customer(request, principal)
+    granularity = request.query_params.get("granularity", "day")
+    if granularity not in ("hour", "day"):
+        raise validation_error(
+            "granularity", "granularity must be hour or day", "invalid_granularity"
+        )
+    start, end = _range(request)
+    svc = services(request)
+    usage = await read_customer_usage(
+        svc.scripts, svc.pool, principal.tenant, customer_id, _ceil_hour(start), _ceil_hour(end)
+    )
+    if not usage.exists:
+        raise not_found("customer")
+    return JSONResponse(
+        {
+            "customer_id": customer_id,
+            "granularity": granularity,
+            "series": _series(usage, granularity),
+        }
+    )
+
+
+def _series(usage: CustomerUsage, granularity: str) -> list[dict[str, Any]]:
+    points: dict[str, dict[int, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for (resource_type, hour), quantity in usage.buckets.items():
+        start = hour if granularity == "hour" else hour - hour % 24
+        points[resource_type][start] += quantity
+    return [
+        {
+            "resource_type": resource_type,
+            "points": [
+                {
+                    "start": format_utc(datetime.fromtimestamp(h * 3600, tz=UTC)),
+                    "quantity": format_quantity(q),
+                }
+                for h, q in sorted(points[resource_type].items())
+            ],
+        }
+        for resource_type in sorted(points)
+    ]
