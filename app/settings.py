@@ -91,6 +91,7 @@ class Settings:
     redis_max_connections: int = 64
     database_pool_size: int = 10
     rollup_age: float = 3600.0
+    coalesce: bool = True
     log_format: str = "json"
     log_level: str = "info"
 
@@ -135,6 +136,7 @@ class Settings:
             redis_max_connections=_positive_int(env, "TALLY_REDIS_MAX_CONNECTIONS", 64),
             database_pool_size=_positive_int(env, "TALLY_DATABASE_POOL_SIZE", 10),
             rollup_age=_positive_seconds(env, "TALLY_ROLLUP_AGE", "3600"),
+            coalesce=_choice(env, "TALLY_INGEST_COALESCE", "on", ("on", "off")) == "on",
             log_format=_choice(env, "TALLY_LOG_FORMAT", "json", ("json", "console")),
             log_level=_choice(
                 env, "TALLY_LOG_LEVEL", "info", ("debug", "info", "warning", "error")

@@ -51,7 +51,11 @@ async def ingest_one(request: Request) -> Response:
         event = parse_event(body, request.headers.get("idempotency-key"))
     except EventError as exc:
         raise _event_error(exc) from None
-    outcome = await services(request).coalescer.submit(principal.tenant, event)
+    svc = services(request)
+    if svc.settings.coalesce:
+        outcome = await svc.coalescer.submit(principal.tenant, event)
+    else:
+        (outcome,) = await apply_events(svc.scripts, principal.tenant, [event], svc.idempotency)
     if outcome is Outcome.ACCEPTED:
         return JSONResponse({"status": "accepted"}, status_code=202)
     if outcome is Outcome.DUPLICATE:
