@@ -1,4 +1,10 @@
-"""The OpenAPI 3.1 document: components here, each route family adds its paths."""
+"""The OpenAPI 3.1 document: components here, each route family adds its paths.
+
+Request schemas are as strict as the handlers (unknown fields refused) and response schemas
+list every key a handler writes without forbidding more, so a fuzzer's conformance checks
+hold both ways. Limits a schema cannot say (time windows, ordered tiers) are in the
+descriptions; the handlers answer 422 for them.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,29 @@ import functools
 from typing import Any
 
 from app import __version__
+from app.hotpath.events import MAX_IDEMPOTENCY_KEY, MAX_METADATA_BYTES
+from app.plans import MODELS
+from app.quantities import MAX_EVENT_UNITS
 
 ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def schema_ref(name: str) -> dict[str, Any]:
+    """A reference to ``components/schemas/<name>``."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_RETRY_AFTER = {
+    "description": "Seconds to wait before retrying",
+    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+}
+# Which error responses carry a header, and whether it is always there (CONTRACT §2: a 429
+# always has Retry-After; the 503 handler sends it too).
+_ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    429: {"Retry-After": {**_RETRY_AFTER, "required": True}},
+    503: {"Retry-After": _RETRY_AFTER},
+}
 
 
 def error_responses(*statuses: int) -> dict[str, Any]:
@@ -23,10 +50,482 @@ def error_responses(*statuses: int) -> dict[str, Any]:
         429: "Rate limited",
         503: "Redis or PostgreSQL unavailable",
     }
+    responses: dict[str, Any] = {}
+    for s in statuses:
+        response: dict[str, Any] = {
+            "description": text[s],
+            "content": {"application/json": {"schema": ERROR}},
+        }
+        if s in _ERROR_HEADERS:
+            response["headers"] = copy.deepcopy(_ERROR_HEADERS[s])
+        responses[str(s)] = response
+    return responses
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _closed(properties: dict[str, Any], *required: str, **extra: Any) -> dict[str, Any]:
+    """A request object: unknown fields are refused with 422, as the handlers do."""
     return {
-        str(s): {"description": text[s], "content": {"application/json": {"schema": ERROR}}}
-        for s in statuses
+        "type": "object",
+        "required": list(required),
+        "properties": properties,
+        "additionalProperties": False,
+        **extra,
     }
+
+
+def _open(properties: dict[str, Any], *required: str, **extra: Any) -> dict[str, Any]:
+    """A response object: every key listed, but clients must ignore keys added later."""
+    return {"type": "object", "required": list(required), "properties": properties, **extra}
+
+
+_PLAIN_DECIMAL = r"^[0-9]+(\.[0-9]+)?$"
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 256}
+_DECIMAL_IN = schema_ref("DecimalInput")
+_DECIMAL = schema_ref("DecimalString")
+_MONEY = schema_ref("Money")
+_TIME = schema_ref("Timestamp")
+_ID = schema_ref("Identifier")
+
+
+def _priced(model: str, fields: dict[str, Any], *required: str) -> dict[str, Any]:
+    """One model's price in a plan body: only the fields that model charges are accepted."""
+    return _closed(
+        {
+            "resource_type": _ID,
+            "model": {"const": model},
+            "free_units": {**_DECIMAL_IN, "description": "Units not billed (default 0)"},
+            **fields,
+        },
+        "resource_type",
+        "model",
+        *required,
+        title=model,
+    )
+
+
+def _tiers_in(tier: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 250,
+        "items": tier,
+        "description": "Ascending `up_to`; the last tier, and only it, has `up_to: null`.",
+    }
+
+
+_UP_TO_IN = {
+    "anyOf": [_DECIMAL_IN, {"type": "null"}],
+    "description": "Inclusive upper bound of the tier; null (no bound) on the last tier only",
+}
+_TIER_IN = _closed(
+    {"up_to": _UP_TO_IN, "unit_price": _DECIMAL_IN, "flat_fee": _DECIMAL_IN}, "up_to"
+)
+# A stair step charges only flat fees: a unit price there is refused (app.plans).
+_STAIR_IN = _closed({"up_to": _UP_TO_IN, "flat_fee": _DECIMAL_IN}, "up_to")
+
+_PLAN_SCHEMAS: dict[str, Any] = {
+    "PriceInput": {
+        "oneOf": [
+            _priced("per_unit", {"unit_price": _DECIMAL_IN}, "unit_price"),
+            _priced("graduated", {"tiers": _tiers_in(_TIER_IN)}, "tiers"),
+            _priced("volume", {"tiers": _tiers_in(_TIER_IN)}, "tiers"),
+            _priced(
+                "package",
+                {
+                    "package_size": {
+                        "anyOf": [
+                            {"type": "number", "exclusiveMinimum": 0},
+                            {"type": "string", "pattern": _PLAIN_DECIMAL, "maxLength": 64},
+                        ],
+                        "description": "Units per package, > 0",
+                    },
+                    "package_price": _DECIMAL_IN,
+                },
+                "package_size",
+                "package_price",
+            ),
+            _priced("stair_step", {"tiers": _tiers_in(_STAIR_IN)}, "tiers"),
+        ],
+        "description": "How one resource type is priced; resource types are unique in a plan.",
+    },
+    "DiscountInput": {
+        "oneOf": [
+            _closed(
+                {
+                    "description": _TEXT,
+                    "percent": {
+                        "anyOf": [
+                            {"type": "number", "minimum": 0, "maximum": 100},
+                            {
+                                "type": "string",
+                                "pattern": r"^0*([0-9]{1,2}(\.[0-9]+)?|100(\.0+)?)$",
+                            },
+                        ],
+                        "description": "0 to 100, at most 6 decimals",
+                    },
+                },
+                "percent",
+            ),
+            _closed({"description": _TEXT, "amount": _DECIMAL_IN}, "amount"),
+        ],
+        "description": "Exactly one of `percent` and `amount`; applied in order.",
+    },
+    "PlanInput": _closed(
+        {
+            "plan_id": {**_ID, "description": "If given, must equal the plan id in the path"},
+            "name": {**_TEXT, "description": "Defaults to the plan id"},
+            "currency": {
+                "type": "string",
+                "pattern": "^[A-Z]{3}$",
+                "description": "ISO 4217 code, upper case",
+            },
+            "prices": {"type": "array", "maxItems": 1000, "items": schema_ref("PriceInput")},
+            "fixed_fees": {
+                "type": "array",
+                "maxItems": 100,
+                "items": _closed(
+                    {"description": _TEXT, "amount": _DECIMAL_IN}, "description", "amount"
+                ),
+            },
+            "discounts": {
+                "type": "array",
+                "maxItems": 100,
+                "items": schema_ref("DiscountInput"),
+            },
+            "minimum_commitment": _DECIMAL_IN,
+        },
+        "currency",
+        "prices",
+        description=(
+            "A pricing plan (CONTRACT §3). Numbers are JSON numbers or decimal strings, "
+            "exact, not negative; money has at most the currency's minor-unit digits. "
+            "An invalid plan is refused with 422 `invalid_plan`, every bad field named "
+            "in `details`."
+        ),
+    ),
+    "Plan": _open(
+        {
+            "plan_id": _ID,
+            "name": {"type": "string"},
+            "currency": {"type": "string"},
+            "prices": {
+                "type": "array",
+                "items": _open(
+                    {
+                        "resource_type": _ID,
+                        "model": {"enum": list(MODELS)},
+                        "free_units": _DECIMAL,
+                        "unit_price": _DECIMAL,
+                        "package_size": _DECIMAL,
+                        "package_price": _DECIMAL,
+                        "tiers": {
+                            "type": "array",
+                            "items": _open(
+                                {
+                                    "up_to": _nullable(_DECIMAL),
+                                    "unit_price": _DECIMAL,
+                                    "flat_fee": _DECIMAL,
+                                },
+                                "up_to",
+                                "flat_fee",
+                            ),
+                        },
+                    },
+                    "resource_type",
+                    "model",
+                    "free_units",
+                ),
+            },
+            "fixed_fees": {
+                "type": "array",
+                "items": _open(
+                    {"description": {"type": "string"}, "amount": _MONEY}, "description", "amount"
+                ),
+            },
+            "discounts": {
+                "type": "array",
+                "items": _open(
+                    {"description": {"type": "string"}, "percent": _DECIMAL, "amount": _MONEY},
+                    "description",
+                ),
+            },
+            "minimum_commitment": _MONEY,
+        },
+        "plan_id",
+        "name",
+        "currency",
+        "prices",
+        "fixed_fees",
+        "discounts",
+        "minimum_commitment",
+        description="A stored plan, normalised: every default filled in, numbers as strings. "
+        "It can be PUT back unchanged.",
+    ),
+    "PlanList": _open(
+        {
+            "data": {"type": "array", "items": schema_ref("Plan")},
+            "next_cursor": _nullable({"type": "string"}),
+        },
+        "data",
+        "next_cursor",
+    ),
+}
+
+_EVENT_SCHEMAS: dict[str, Any] = {
+    "Quantity": {
+        "anyOf": [
+            {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_EVENT_UNITS},
+            {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,6})?$"},
+        ],
+        "description": (
+            f"Exact decimal > 0 and at most {MAX_EVENT_UNITS}, at most 6 digits after the "
+            "point: a JSON number or a decimal string"
+        ),
+    },
+    "UsageEvent": _closed(
+        {
+            "customer_id": _ID,
+            "resource_type": _ID,
+            "quantity": schema_ref("Quantity"),
+            "timestamp": {
+                **_nullable({"type": "string", "format": "date-time"}),
+                "description": (
+                    "RFC 3339 with an offset, from 35 days in the past to 5 minutes in the "
+                    "future; omitted or null: the server's time"
+                ),
+            },
+            "idempotency_key": {
+                **_nullable(
+                    {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": MAX_IDEMPOTENCY_KEY,
+                        "pattern": r"^[\x20-\x7E]+$",
+                    }
+                ),
+                "description": "Printable ASCII; may come in the Idempotency-Key header instead",
+            },
+            "metadata": {
+                **_nullable({"type": "object"}),
+                "description": f"Stored with nothing; at most {MAX_METADATA_BYTES} bytes as JSON",
+            },
+        },
+        "customer_id",
+        "resource_type",
+        "quantity",
+    ),
+    "BatchRequest": _closed(
+        {
+            "events": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 1000,
+                # Any item is taken: one that is not a valid event is rejected on its own
+                # in `results`, so the schema must not call such a request invalid.
+                "items": {
+                    "anyOf": [
+                        schema_ref("UsageEvent"),
+                        {"description": "Anything else: answered as a rejected result"},
+                    ]
+                },
+            }
+        },
+        "events",
+    ),
+    "IngestStatus": _open(
+        {"status": {"enum": ["accepted", "duplicate"]}},
+        "status",
+    ),
+    "BatchResult": _open(
+        {
+            "index": {"type": "integer", "minimum": 0},
+            "status": {"enum": ["accepted", "duplicate", "conflict", "rejected"]},
+            "error": _open(
+                {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "field": {"type": "string"},
+                },
+                "code",
+                "message",
+                description="Present on conflict and rejected results",
+            ),
+        },
+        "index",
+        "status",
+    ),
+    "BatchResponse": _open(
+        {
+            "accepted": {"type": "integer", "minimum": 0},
+            "duplicates": {"type": "integer", "minimum": 0},
+            "conflicts": {"type": "integer", "minimum": 0},
+            "rejected": {"type": "integer", "minimum": 0},
+            "results": {
+                "type": "array",
+                "items": schema_ref("BatchResult"),
+                "description": "One per event, in order",
+            },
+        },
+        "accepted",
+        "duplicates",
+        "rejected",
+        "results",
+    ),
+}
+
+_READ_SCHEMAS: dict[str, Any] = {
+    "UsageLine": _open(
+        {
+            "type": {"const": "usage"},
+            "resource_type": _ID,
+            "model": {
+                "enum": [*MODELS, None],
+                "description": "null when the plan does not price this resource type",
+            },
+            "quantity": _DECIMAL,
+            "amount": _MONEY,
+            "tiers": {
+                "type": "array",
+                "items": _open(
+                    {
+                        "from": _DECIMAL,
+                        "up_to": _nullable(_DECIMAL),
+                        "quantity": _DECIMAL,
+                        "unit_price": _DECIMAL,
+                        "flat_fee": _DECIMAL,
+                        "amount": _DECIMAL,
+                    },
+                    "from",
+                    "up_to",
+                    "quantity",
+                    "unit_price",
+                    "flat_fee",
+                    "amount",
+                ),
+                "description": "The tiers charged (graduated and volume models)",
+            },
+        },
+        "type",
+        "resource_type",
+        "model",
+        "quantity",
+        "amount",
+    ),
+    "FixedFeeLine": _open(
+        {"type": {"const": "fixed_fee"}, "description": {"type": "string"}, "amount": _MONEY},
+        "type",
+        "description",
+        "amount",
+    ),
+    "Bill": _open(
+        {
+            "customer_id": _ID,
+            "currency": {**_nullable({"type": "string"}), "description": "null without a plan"},
+            "estimated_bill": {"type": "number", "description": "Equal to total"},
+            "plan_id": _nullable(_ID),
+            "period": _open({"start": _TIME, "end": _TIME}, "start", "end"),
+            "as_of": _TIME,
+            "lines": {
+                "type": "array",
+                "items": {
+                    "oneOf": [schema_ref("UsageLine"), schema_ref("FixedFeeLine")],
+                    "discriminator": {
+                        "propertyName": "type",
+                        "mapping": {
+                            "usage": "#/components/schemas/UsageLine",
+                            "fixed_fee": "#/components/schemas/FixedFeeLine",
+                        },
+                    },
+                },
+            },
+            "subtotal": _MONEY,
+            "discount": _MONEY,
+            "minimum_topup": _MONEY,
+            "total": _MONEY,
+        },
+        "customer_id",
+        "currency",
+        "estimated_bill",
+        "plan_id",
+        "period",
+        "as_of",
+        "lines",
+        "subtotal",
+        "discount",
+        "minimum_topup",
+        "total",
+    ),
+    "UsageSeries": _open(
+        {
+            "customer_id": _ID,
+            "granularity": {"enum": ["hour", "day"]},
+            "series": {
+                "type": "array",
+                "items": _open(
+                    {
+                        "resource_type": _ID,
+                        "points": {
+                            "type": "array",
+                            "items": _open(
+                                {"start": _TIME, "quantity": _DECIMAL}, "start", "quantity"
+                            ),
+                        },
+                    },
+                    "resource_type",
+                    "points",
+                ),
+            },
+        },
+        "customer_id",
+        "granularity",
+        "series",
+    ),
+    "Customer": _open(
+        {
+            "customer_id": _ID,
+            "name": _nullable({"type": "string"}),
+            "email": _nullable({"type": "string"}),
+            "plan_id": _nullable(_ID),
+            "created_at": _TIME,
+            "updated_at": _TIME,
+        },
+        "customer_id",
+        "name",
+        "email",
+        "plan_id",
+        "created_at",
+        "updated_at",
+    ),
+    "CustomerInput": _closed(
+        {
+            "customer_id": {**_ID, "description": "If given, must equal the path's"},
+            "name": _nullable({"type": "string", "minLength": 1, "maxLength": 256}),
+            "email": _nullable(
+                {"type": "string", "minLength": 1, "maxLength": 254, "pattern": r"^\S*@\S*$"}
+            ),
+            "plan_id": {
+                **_nullable(_ID),
+                "description": "A plan of this tenant (else 422 unknown_plan); null clears it",
+            },
+        },
+        description="Every field optional: an omitted field keeps its value, null clears it.",
+    ),
+    "CustomerList": _open(
+        {
+            "data": {"type": "array", "items": schema_ref("Customer")},
+            "next_cursor": {
+                **_nullable({"type": "string"}),
+                "description": "Pass as `cursor` for the next page; null on the last page",
+            },
+        },
+        "data",
+        "next_cursor",
+    ),
+}
 
 
 COMPONENTS: dict[str, Any] = {
@@ -53,6 +552,28 @@ COMPONENTS: dict[str, Any] = {
             "maxLength": 128,
             "pattern": "^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$",
         },
+        "DecimalInput": {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": _PLAIN_DECIMAL, "maxLength": 64},
+            ],
+            "description": "An exact decimal >= 0: a JSON number or a decimal string",
+        },
+        "DecimalString": {
+            "type": "string",
+            "pattern": _PLAIN_DECIMAL,
+            "description": 'Exact, trailing zeros trimmed ("6.5", "35", "0.1")',
+        },
+        "Money": {
+            "type": "string",
+            "pattern": _PLAIN_DECIMAL,
+            "description": 'The currency\'s minor-unit digits ("157.50", JPY "1200"); "0" '
+            "without a plan",
+        },
+        "Timestamp": {"type": "string", "format": "date-time", "description": "RFC 3339, UTC"},
+        **_EVENT_SCHEMAS,
+        **_READ_SCHEMAS,
+        **_PLAN_SCHEMAS,
     },
 }
 
@@ -122,7 +643,8 @@ OPS_PATHS: dict[str, Any] = {
     },
 }
 
-# Route modules register their paths here at import (plain data, no I/O).
+# Route families may register more paths (plain data, no I/O); the /api/v1 paths are added
+# by openapi_document() itself.
 _PATHS: list[dict[str, Any]] = [OPS_PATHS]
 
 
@@ -135,8 +657,11 @@ def register_paths(paths: dict[str, Any]) -> None:
 @functools.cache
 def openapi_document() -> dict[str, Any]:
     """The whole document (built once)."""
+    # Imported here, not at the top: app.api.openapi_paths builds on this module's helpers.
+    from app.api.openapi_paths import API_PATHS
+
     paths: dict[str, Any] = {}
-    for group in _PATHS:
+    for group in (*_PATHS, API_PATHS):
         paths.update(copy.deepcopy(group))
     return {
         "openapi": "3.1.0",
