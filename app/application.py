@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator, Sequence
 import anyio
 import structlog
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
 from app.api import billing, catalog, ops, usage
+from app.api.middleware import ObservabilityMiddleware
 from app.auth import KeyCache
 from app.errors import EXCEPTION_HANDLERS
 from app.hotpath.client import check_redis, create_redis
@@ -32,6 +34,7 @@ def routes() -> list[BaseRoute]:
         Route("/health", ops.health, methods=["GET"]),
         Route("/ready", ops.ready, methods=["GET"]),
         Route("/openapi.json", ops.openapi, methods=["GET"]),
+        Route("/metrics", ops.metrics_endpoint, methods=["GET"]),
         Route("/api/v1/usage", usage.ingest_one, methods=["POST"]),
         Route("/api/v1/usage/batch", usage.ingest_batch, methods=["POST"]),
         Route("/api/v1/usage/{customer_id}", billing.get_usage, methods=["GET"]),
@@ -97,4 +100,13 @@ def create_app(settings: Settings, *, run_flusher: bool = False) -> Starlette:
             await redis.aclose()
             log.info("app.stopped")
 
-    return Starlette(routes=routes(), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    table = routes()
+    templates = {route.endpoint: route.path for route in table if isinstance(route, Route)}
+    return Starlette(
+        routes=table,
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+        middleware=[
+            Middleware(ObservabilityMiddleware, templates=templates, access_log=settings.access_log)
+        ],
+    )

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.hotpath.redis_errors import RedisUnavailableError
+from app.metrics import metrics
 from app.repo.errors import DatabaseUnavailableError
 from app.responses import JSONResponse
 
@@ -84,6 +85,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
     which = "redis" if isinstance(exc, RedisUnavailableError) else "postgresql"
+    endpoint = request.scope.get("endpoint")
+    operation = getattr(endpoint, "__name__", "unknown")
+    counter = metrics().redis_errors if which == "redis" else metrics().database_errors
+    counter.labels(operation).inc()
     log.warning(
         "dependency.unavailable",
         dependency=which,

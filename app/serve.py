@@ -6,10 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import uvicorn
 
 from app.application import create_app
+from app.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from app.settings import Settings
 from app.signals import exit_quietly_on_signals
 
@@ -43,6 +46,13 @@ def serve(settings: Settings, host: str, port: int, workers: int, flusher: bool)
         with exit_quietly_on_signals():
             server.run()
         return 0 if server.started else 1
+    # Workers share metrics through files: a fresh directory per server start, so counters
+    # of a previous run never leak into this one.
+    metrics_dir = Path(
+        os.environ.get(MULTIPROC_ENV) or Path(tempfile.gettempdir()) / f"tally-metrics-{port}"
+    )
+    prepare_multiprocess_dir(metrics_dir)
+    os.environ[MULTIPROC_ENV] = str(metrics_dir)
     child: subprocess.Popen[bytes] | None = None
     if flusher:
         child = subprocess.Popen([sys.executable, "-m", "app.worker"], env=os.environ.copy())

@@ -31,3 +31,5 @@ class Services:
     idempotency: IdempotencyConfig
     flusher: FlusherStatus | None = None
     migrations_current: bool = field(default=False)
+    tenant_names: list[str] = field(default_factory=list)
+    tenants_fetched_at: float = -1e9

@@ -92,6 +92,7 @@ class Settings:
     database_pool_size: int = 10
     rollup_age: float = 3600.0
     coalesce: bool = True
+    access_log: str = "errors"
     log_format: str = "json"
     log_level: str = "info"
 
@@ -137,6 +138,7 @@ class Settings:
             database_pool_size=_positive_int(env, "TALLY_DATABASE_POOL_SIZE", 10),
             rollup_age=_positive_seconds(env, "TALLY_ROLLUP_AGE", "3600"),
             coalesce=_choice(env, "TALLY_INGEST_COALESCE", "on", ("on", "off")) == "on",
+            access_log=_choice(env, "TALLY_ACCESS_LOG", "errors", ("all", "errors", "off")),
             log_format=_choice(env, "TALLY_LOG_FORMAT", "json", ("json", "console")),
             log_level=_choice(
                 env, "TALLY_LOG_LEVEL", "info", ("debug", "info", "warning", "error")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -17,6 +18,7 @@ from app.api.params import not_found, path_id
 from app.apikeys import Scope
 from app.auth import Principal
 from app.errors import validation_error
+from app.metrics import metrics
 from app.plans import parse_plan
 from app.pricing import bill_to_json, price_bill
 from app.quantities import format_quantity
@@ -53,6 +55,7 @@ async def get_bill(request: Request) -> Response:
     customer_id = _customer(request, principal)
     period = _period(request)
     svc = services(request)
+    started = time.perf_counter()
     usage = await read_customer_usage(
         svc.scripts, svc.pool, principal.tenant, customer_id, period.first_hour, period.end_hour
     )
@@ -73,6 +76,7 @@ async def get_bill(request: Request) -> Response:
         "as_of": format_utc(datetime.now(UTC)),
     }
     body.update(bill)
+    metrics().bill_duration.labels("bill").observe(time.perf_counter() - started)
     return JSONResponse(body)
 
 

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.api.context import services
 from app.hotpath.redis_errors import is_unavailable
+from app.metrics import metrics, render
 from app.openapi import openapi_document
-from app.repo import migrations
-from app.repo.errors import translate
+from app.repo import migrations, tenants
+from app.repo.errors import RepoError, translate
 from app.responses import JSONResponse
 from app.services import Services
+from app.worker.lag import measure_lag
 
-
-def services(request: Request) -> Services:
-    """The process's :class:`Services` (set by the lifespan)."""
-    found: Services = request.app.state.services
-    return found
+TENANT_CACHE_SECONDS = 30.0
 
 
 async def health(request: Request) -> Response:
@@ -75,6 +76,49 @@ async def ready(request: Request) -> Response:
     if problems:
         return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
     return JSONResponse({"status": "ready"})
+
+
+async def _tenant_names(svc: Services) -> list[str]:
+    # Cached: a scrape must not need PostgreSQL every time, and keeps working while it is
+    # down (with the last known list).
+    now = time.monotonic()
+    if now - svc.tenants_fetched_at > TENANT_CACHE_SECONDS:
+        try:
+            with anyio.fail_after(svc.settings.database_timeout):
+                svc.tenant_names = await tenants.list_tenants(svc.pool)
+            svc.tenants_fetched_at = now
+        except Exception as exc:
+            if not (isinstance(exc, TimeoutError) or translate(exc) or isinstance(exc, RepoError)):
+                raise
+    return svc.tenant_names
+
+
+async def _refresh_gauges(svc: Services) -> None:
+    m = metrics()
+    try:
+        with anyio.fail_after(svc.settings.redis_timeout + 0.5):
+            lag = await measure_lag(
+                svc.redis, await _tenant_names(svc), svc.settings.idempotency_ttl
+            )
+            info = await svc.redis.info("memory")
+    except Exception as exc:
+        if not (isinstance(exc, TimeoutError) or is_unavailable(exc)):
+            raise
+        m.redis_errors.labels("metrics").inc()
+        return
+    m.flush_lag.set(lag.flush_lag)
+    m.flush_pending_age.set(lag.pending_age)
+    m.idempotency_keys.set(lag.idempotency_keys)
+    m.redis_memory_used.set(int(info.get("used_memory", 0)))
+    m.redis_memory_max.set(int(info.get("maxmemory", 0)))
+    if svc.flusher is not None:
+        m.flusher_halted.set(1 if svc.flusher.halted else 0)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text format (all workers' values in multiprocess mode)."""
+    await _refresh_gauges(services(request))
+    return Response(render(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(request: Request) -> Response:

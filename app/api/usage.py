@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -14,9 +15,17 @@ from app.apikeys import Scope
 from app.errors import ApiError
 from app.hotpath.events import Event, EventError, parse_event
 from app.hotpath.ingest import Outcome, apply_events
+from app.metrics import metrics
 from app.responses import JSONResponse
 
+log = structlog.get_logger("tally.ingest")
 INGEST_SCOPES = (Scope.INGEST, Scope.ADMIN)
+_OUTCOME_LABELS = {
+    Outcome.ACCEPTED: "accepted",
+    Outcome.DUPLICATE: "duplicate",
+    Outcome.CONFLICT: "conflict",
+    Outcome.OVERFLOW: "rejected",
+}
 MAX_BATCH = 1000
 
 
@@ -50,12 +59,15 @@ async def ingest_one(request: Request) -> Response:
     try:
         event = parse_event(body, request.headers.get("idempotency-key"))
     except EventError as exc:
+        metrics().ingest_events.labels("rejected").inc()
+        log.info("ingest.rejected", code=exc.code, field=exc.field)
         raise _event_error(exc) from None
     svc = services(request)
     if svc.settings.coalesce:
         outcome = await svc.coalescer.submit(principal.tenant, event)
     else:
         (outcome,) = await apply_events(svc.scripts, principal.tenant, [event], svc.idempotency)
+    metrics().ingest_events.labels(_OUTCOME_LABELS[outcome]).inc()
     if outcome is Outcome.ACCEPTED:
         return JSONResponse({"status": "accepted"}, status_code=202)
     if outcome is Outcome.DUPLICATE:
@@ -144,6 +156,12 @@ async def ingest_batch(request: Request) -> Response:
     counts = {"accepted": 0, "duplicate": 0, "conflict": 0, "rejected": 0}
     for r in final:
         counts[r["status"]] += 1
+    counter = metrics().ingest_events
+    for status, count in counts.items():
+        if count:
+            counter.labels(status).inc(count)
+    if counts["rejected"]:
+        log.info("ingest.rejected", count=counts["rejected"], batch=len(final))
     return JSONResponse(
         {
             "accepted": counts["accepted"],

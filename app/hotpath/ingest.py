@@ -53,7 +53,12 @@ def build_call(
     now_s = now_ns // 1_000_000_000
     window = now_s // config.ttl
     expire_at = (window + 1) * config.ttl + config.ttl + 60
-    args: list[str | bytes | int] = [len(events), now_ns // 1_000_000, expire_at]
+    args: list[str | bytes | int] = [
+        len(events),
+        now_ns // 1_000_000,
+        expire_at,
+        ref(keys.idempotency_count(window)),
+    ]
     for event in events:
         shard = shard_of(event.customer_id)
         args += [

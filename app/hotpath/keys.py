@@ -94,6 +94,10 @@ class TenantKeys:
         """Which flusher works on the shard now (an optimisation, not a lock)."""
         return f"{self.prefix}s{shard}:lease"
 
+    def idempotency_count(self, window: int) -> str:
+        """Counter: keys remembered in a window (approximate, for the metrics gauge)."""
+        return f"{self.prefix}idemcount:{window}"
+
     def idempotency(self, window: int, slot: int) -> str:
         """Hash: 8-byte key hash → 8-byte event fingerprint, for one time window."""
         return f"{self.prefix}idem:{window}:{slot}"

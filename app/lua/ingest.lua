@@ -8,6 +8,7 @@
 -- ARGV[1] = number of events N
 -- ARGV[2] = now in ms (marks the first undrained write of a shard)
 -- ARGV[3] = unix second at which the write window's idempotency hashes expire
+-- ARGV[4] = index of the write window's key counter (approximate count for metrics)
 -- then per event, 13 values:
 --   hot_idx pend_idx dirty_idx first_idx customer field micro
 --   idem_field fingerprint write_win_idx check_idx1 check_idx2 check_idx3
@@ -46,6 +47,7 @@ end
 local n = tonumber(ARGV[1])
 local now_ms = ARGV[2]
 local expire_at = ARGV[3]
+local counter_idx = tonumber(ARGV[4])
 
 local statuses = {}
 local seen = {}       -- idempotency field (per window key) -> fingerprint, accepted in this call
@@ -55,7 +57,7 @@ local idem_writes = {}
 
 -- Phase 1: decide every event. Nothing is written until all are decided.
 for i = 1, n do
-  local b = 3 + (i - 1) * PER
+  local b = 4 + (i - 1) * PER
   local hot_idx, pend_idx = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
   local field, micro = ARGV[b + 6], ARGV[b + 7]
   local idem, fp = ARGV[b + 8], ARGV[b + 9]
@@ -121,5 +123,9 @@ for _, w in ipairs(idem_writes) do
     expiring[w[1]] = true
     redis.call('EXPIREAT', KEYS[w[1]], expire_at)
   end
+end
+if #idem_writes > 0 then
+  redis.call('INCRBY', KEYS[counter_idx], #idem_writes)
+  redis.call('EXPIREAT', KEYS[counter_idx], expire_at)
 end
 return statuses

@@ -27,11 +27,13 @@ import structlog
 
 from app.hotpath.keys import HEARTBEAT, SHARDS, TenantKeys
 from app.hotpath.redis_errors import RedisUnavailableError, redis_errors
+from app.metrics import metrics
 from app.repo import tenants
 from app.repo.errors import DatabaseUnavailableError
 from app.repo.usage import CommitOutcome, SequenceAnomalyError, commit_flush, rollup
 from app.scripts import Scripts
 from app.settings import Settings
+from app.worker.lag import measure_lag
 from app.worker.pending import Drained, count_pending_fields, read_pending
 from app.worker.status import FlusherStatus
 
@@ -209,6 +211,7 @@ class Flusher:
 
     async def cycle(self, *, lease_wait: float = 0.0) -> list[ShardResult]:
         """Flush every shard of every tenant once. Raises on outages and anomalies."""
+        started = time.perf_counter()
         names = await tenants.list_tenants(self.pool)
         results: list[ShardResult] = []
         limiter = anyio.Semaphore(CONCURRENT_SHARDS)
@@ -225,6 +228,15 @@ class Flusher:
         except BaseExceptionGroup as group:
             raise _most_serious(group) from group
         await self._heartbeat()
+        m = metrics()
+        m.flush_cycles.inc()
+        m.flush_duration.observe(time.perf_counter() - started)
+        m.flush_fields.inc(sum(r.fields for r in results if r.committed))
+        m.flush_rows.inc(sum(r.rows for r in results))
+        async with redis_errors():
+            lag = await measure_lag(self.redis, names, self.settings.idempotency_ttl)
+        m.flush_lag.set(lag.flush_lag)
+        m.flush_pending_age.set(lag.pending_age)
         self.status.cycles += 1
         self.status.last_cycle_at = time.time()
         if time.monotonic() - self._last_rollup > ROLLUP_EVERY:
@@ -260,11 +272,19 @@ class Flusher:
         try:
             await self.cycle()
         except SequenceAnomalyError as exc:
-            self.status.halt(str(exc))
-            log.error("flush.halted", reason=str(exc))
+            self._halt(exc)
         except (RedisUnavailableError, DatabaseUnavailableError) as exc:
             self.status.failures += 1
+            reason = "redis" if isinstance(exc, RedisUnavailableError) else "postgresql"
+            metrics().flush_failures.labels(reason).inc()
             log.warning("flush.failed", error=str(exc))
+
+    def _halt(self, exc: SequenceAnomalyError) -> None:
+        self.status.halt(str(exc))
+        m = metrics()
+        m.flusher_halted.set(1)
+        m.flush_failures.labels("halted").inc()
+        log.error("flush.halted", reason=str(exc))
 
     async def run_until_stopped(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -294,9 +314,9 @@ class Flusher:
             results = await self.flush_all(lease_wait=1.0)
             log.info("flush.final", fields=sum(r.fields for r in results))
         except SequenceAnomalyError as exc:
-            self.status.halt(str(exc))
-            log.error("flush.halted", reason=str(exc))
+            self._halt(exc)
         except (RedisUnavailableError, DatabaseUnavailableError) as exc:
+            metrics().flush_failures.labels("final").inc()
             log.warning("flush.final_failed", error=str(exc))
 
     def request_stop(self) -> None:
