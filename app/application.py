@@ -40,11 +40,9 @@ def routes() -> list[BaseRoute]:
         Route("/api/v1/usage/{customer_id}", billing.get_usage, methods=["GET"]),
         Route("/api/v1/billing/{customer_id}", billing.get_bill, methods=["GET"]),
         Route("/api/v1/customers", catalog.list_customers, methods=["GET"]),
-        Route("/api/v1/customers/{customer_id}", catalog.get_customer, methods=["GET"]),
-        Route("/api/v1/customers/{customer_id}", catalog.put_customer, methods=["PUT"]),
+        Route("/api/v1/customers/{customer_id}", catalog.customer, methods=["GET", "PUT"]),
         Route("/api/v1/plans", catalog.list_plans, methods=["GET"]),
-        Route("/api/v1/plans/{plan_id}", catalog.get_plan, methods=["GET"]),
-        Route("/api/v1/plans/{plan_id}", catalog.put_plan, methods=["PUT"]),
+        Route("/api/v1/plans/{plan_id}", catalog.plan, methods=["GET", "PUT"]),
     ]
 
 

@@ -471,9 +471,12 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
     currency = plan.currency
 
     def discount(d: Discount) -> dict[str, str]:
+        # An unnamed discount is rendered without a description, so the document parses
+        # back (a description, when given, must not be empty).
+        named = {"description": d.description} if d.description else {}
         if d.percent is not None:
-            return {"description": d.description, "percent": format_decimal(d.percent)}
-        return {"description": d.description, "amount": format_money(d.amount or ZERO, currency)}
+            return {**named, "percent": format_decimal(d.percent)}
+        return {**named, "amount": format_money(d.amount or ZERO, currency)}
 
     return {
         "plan_id": plan.plan_id,

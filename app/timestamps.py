@@ -10,8 +10,8 @@ NS = 1_000_000_000
 HOUR_NS = 3600 * NS
 
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?"
+    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
 )
 
 
@@ -40,7 +40,10 @@ def parse_rfc3339(text: object) -> int:
             raise TimestampError("has an invalid UTC offset")
         offset = timedelta(hours=oh, minutes=om) * (1 if match[9] == "+" else -1)
     fraction = int((match[7] or "0").ljust(9, "0"))
-    seconds = int((base - offset).timestamp())
+    try:
+        seconds = int((base - offset).timestamp())
+    except OverflowError:
+        raise TimestampError("is out of range") from None
     return seconds * NS + fraction
 
 

@@ -28,7 +28,7 @@ from app.usage_reads import CustomerUsage, read_customer_usage
 
 READ = (Scope.READ, Scope.ADMIN)
 MAX_RANGE = timedelta(days=100)
-_PERIOD = re.compile(r"(\d{4})-(\d{2})")
+_PERIOD = re.compile(r"([0-9]{4})-([0-9]{2})")
 
 
 def _customer(request: Request, principal: Principal) -> str:
@@ -44,7 +44,7 @@ def _period(request: Request) -> Period:
     if raw is None:
         return Period.containing(datetime.now(UTC))
     match = _PERIOD.fullmatch(raw)
-    if match is None or not 1 <= int(match[2]) <= 12 or int(match[1]) < 1970:
+    if match is None or not 1 <= int(match[2]) <= 12 or not 1970 <= int(match[1]) <= 9998:
         raise validation_error("period", "period must be YYYY-MM", "invalid_period")
     return Period.of_month(int(match[1]), int(match[2]))
 

@@ -146,3 +146,17 @@ async def list_plans(request: Request) -> Response:
             "next_cursor": encode_cursor(page[-1][0]) if more else None,
         }
     )
+
+
+async def customer(request: Request) -> Response:
+    """``/api/v1/customers/{customer_id}``: GET reads, PUT creates or updates."""
+    if request.method == "PUT":
+        return await put_customer(request)
+    return await get_customer(request)
+
+
+async def plan(request: Request) -> Response:
+    """``/api/v1/plans/{plan_id}``: GET reads, PUT creates or replaces."""
+    if request.method == "PUT":
+        return await put_plan(request)
+    return await get_plan(request)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 
 from starlette.requests import Request
 
 from app.errors import ApiError, validation_error
 from app.ids import id_problem
+
+_DIGITS = re.compile(r"[0-9]{1,4}")
 
 
 def path_id(request: Request, name: str) -> str:
@@ -25,7 +28,7 @@ def limit_param(request: Request, default: int = 50, maximum: int = 200) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= maximum:
         raise validation_error("limit", f"limit must be an integer from 1 to {maximum}")
     return int(raw)
 

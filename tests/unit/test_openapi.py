@@ -352,11 +352,6 @@ def test_a_stored_plan_can_be_put_back() -> None:
     assert not problems(schema("PlanInput"), stored)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.plans: an unnamed discount is stored with description '', which parse_plan "
-    "(PUT, and the bill re-parsing the stored plan) refuses",
-)
 def test_a_stored_plan_with_an_unnamed_discount_can_be_put_back() -> None:
     body = {**CONTRACT_PLAN, "discounts": [{"amount": "5.00"}]}
     assert not problems(schema("PlanInput"), body)
