@@ -19,6 +19,7 @@ from app.hotpath.client import check_redis, create_redis
 from app.hotpath.coalescer import Coalescer
 from app.hotpath.events import Event
 from app.hotpath.ingest import IdempotencyConfig, Outcome, apply_events
+from app.ratelimit import RateLimiter
 from app.repo import tenants
 from app.repo.pool import create_pool
 from app.scripts import Scripts
@@ -75,6 +76,9 @@ def create_app(settings: Settings, *, run_flusher: bool = False) -> Starlette:
             keys=KeyCache(lookup, settings.key_cache_ttl),
             coalescer=Coalescer(apply),
             idempotency=idempotency,
+            rate_limiter=None
+            if settings.rate_limit is None
+            else RateLimiter.per_process(settings.rate_limit, settings.workers),
         )
         app.state.services = svc
         try:

@@ -53,6 +53,8 @@ def serve(settings: Settings, host: str, port: int, workers: int, flusher: bool)
     )
     prepare_multiprocess_dir(metrics_dir)
     os.environ[MULTIPROC_ENV] = str(metrics_dir)
+    # Each worker takes its share of TALLY_RATE_LIMIT.
+    os.environ["TALLY_WORKERS"] = str(workers)
     child: subprocess.Popen[bytes] | None = None
     if flusher:
         child = subprocess.Popen([sys.executable, "-m", "app.worker"], env=os.environ.copy())

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from app.auth import KeyCache
 from app.hotpath.coalescer import Coalescer
 from app.hotpath.ingest import IdempotencyConfig
+from app.ratelimit import RateLimiter
 from app.scripts import Scripts
 from app.settings import Settings
 
@@ -30,6 +31,7 @@ class Services:
     coalescer: Coalescer
     idempotency: IdempotencyConfig
     flusher: FlusherStatus | None = None
+    rate_limiter: RateLimiter | None = None
     migrations_current: bool = field(default=False)
     tenant_names: list[str] = field(default_factory=list)
     tenants_fetched_at: float = -1e9

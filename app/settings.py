@@ -93,6 +93,7 @@ class Settings:
     rollup_age: float = 3600.0
     coalesce: bool = True
     access_log: str = "errors"
+    workers: int = 1
     log_format: str = "json"
     log_level: str = "info"
 
@@ -139,6 +140,7 @@ class Settings:
             rollup_age=_positive_seconds(env, "TALLY_ROLLUP_AGE", "3600"),
             coalesce=_choice(env, "TALLY_INGEST_COALESCE", "on", ("on", "off")) == "on",
             access_log=_choice(env, "TALLY_ACCESS_LOG", "errors", ("all", "errors", "off")),
+            workers=_positive_int(env, "TALLY_WORKERS", 1),
             log_format=_choice(env, "TALLY_LOG_FORMAT", "json", ("json", "console")),
             log_level=_choice(
                 env, "TALLY_LOG_LEVEL", "info", ("debug", "info", "warning", "error")

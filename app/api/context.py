@@ -8,6 +8,8 @@ from starlette.requests import Request
 
 from app.apikeys import Scope
 from app.auth import Principal, require
+from app.errors import ApiError
+from app.ratelimit import retry_after
 from app.services import Services
 
 
@@ -19,6 +21,16 @@ def services(request: Request) -> Services:
 
 async def caller(request: Request, scopes: Collection[Scope]) -> Principal:
     """Authenticate the request and check its scope (401 / 403 / 503)."""
-    principal = await services(request).keys.authenticate(request.headers.get("authorization"))
+    svc = services(request)
+    principal = await svc.keys.authenticate(request.headers.get("authorization"))
+    if svc.rate_limiter is not None:
+        wait = svc.rate_limiter.check(principal.key_id)
+        if wait:
+            raise ApiError(
+                429,
+                "rate_limited",
+                "too many requests for this API key",
+                headers={"Retry-After": retry_after(wait)},
+            )
     require(principal, scopes)
     return principal

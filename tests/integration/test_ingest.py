@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
 
 from app.apikeys import Scope
+from app.application import create_app
 from app.hotpath.keys import TenantKeys, meter_field
+from app.settings import Settings
 from app.timestamps import hour_of, parse_rfc3339
+from tests.conftest import running
 from tests.http import client_for
 from tests.keys import make_key
 
@@ -337,7 +342,11 @@ async def test_auth(app: Starlette, keys: Keys) -> None:
         wrong_secret = await client.post(
             "/api/v1/usage",
             json=event(),
-            headers={"Authorization": "Bearer " + keys.ingest[:-1] + "A"},
+            headers={
+                "Authorization": "Bearer "
+                + keys.ingest[:-1]
+                + ("B" if keys.ingest.endswith("A") else "A")
+            },
         )
         read_scope = await client.post(
             "/api/v1/usage", json=event(), headers={"Authorization": f"Bearer {keys.read}"}
@@ -380,3 +389,19 @@ async def test_hourly_overflow_is_refused_before_writing(
         ok = await client.post("/api/v1/usage", json=event(timestamp=other_hour))
         assert ok.status_code == 202
     assert await meter(redis, "c-42", "api_call") == 10**18
+
+
+async def test_rate_limit_answers_429_with_retry_after(
+    settings: Settings, keys: Keys, redis: aioredis.Redis
+) -> None:
+    limited = create_app(dataclasses.replace(settings, rate_limit=Decimal("3")))
+    async with running(limited), client_for(limited, keys.ingest) as client:
+        statuses = [
+            (await client.post("/api/v1/usage", json=event())).status_code for _ in range(5)
+        ]
+        refused = await client.post("/api/v1/usage", json=event())
+    assert statuses[:3] == [202, 202, 202]
+    assert 429 in statuses[3:]
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert int(refused.headers["Retry-After"]) >= 1
