@@ -4,6 +4,9 @@
 --
 -- KEYS[1] pending-customers set   KEYS[2] pending meta hash
 -- ARGV[1] pending key prefix      ARGV[2] flush id that was committed
+-- The per-customer hot/pending hashes are named from ARGV prefixes + set members, not
+-- declared in KEYS (their number is unbounded); they share the tenant's {hash tag} with
+-- every declared key, so they live in the same cluster slot.
 -- Reply: 1 deleted, 0 not the current pending flush (nothing done)
 
 if redis.call('HGET', KEYS[2], 'flush_id') ~= ARGV[2] then

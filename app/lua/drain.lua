@@ -5,6 +5,9 @@
 -- KEYS[1] dirty set   KEYS[2] pending-customers set   KEYS[3] pending meta hash
 -- KEYS[4] seq counter KEYS[5] first-write marker
 -- ARGV[1] hot key prefix  ARGV[2] pending key prefix  ARGV[3] new flush id  ARGV[4] now ms
+-- The per-customer hot/pending hashes are named from ARGV prefixes + set members, not
+-- declared in KEYS (their number is unbounded); they share the tenant's {hash tag} with
+-- every declared key, so they live in the same cluster slot.
 -- Reply: {} when there is nothing to flush, else
 --        {seq, flush_id, fields, drained_ms, oldest_ms, resumed (0|1)}
 

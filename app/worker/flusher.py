@@ -24,6 +24,7 @@ import anyio
 import asyncpg
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import OutOfMemoryError
 
 from app.hotpath.keys import HEARTBEAT, SHARDS, TenantKeys
 from app.hotpath.redis_errors import RedisUnavailableError, redis_errors
@@ -120,10 +121,17 @@ class Flusher:
     async def _take_lease(self, keys: TenantKeys, shard: int, wait: float) -> bool:
         deadline = time.monotonic() + wait
         while True:
-            async with redis_errors():
-                taken = await self.redis.set(
-                    keys.lease(shard), self.flusher_id, nx=True, ex=LEASE_SECONDS
-                )
+            try:
+                async with redis_errors():
+                    taken = await self.redis.set(
+                        keys.lease(shard), self.flusher_id, nx=True, ex=LEASE_SECONDS
+                    )
+            except RedisUnavailableError as exc:
+                if not isinstance(exc.__cause__, OutOfMemoryError):
+                    raise
+                # Redis is full and refuses the lease; draining is what frees memory and
+                # is safe without a lease, so go ahead.
+                return True
             if taken:
                 return True
             if time.monotonic() >= deadline:
@@ -153,8 +161,7 @@ class Flusher:
             return ShardResult()
         await self.checkpoint("after_drain")
         async with redis_errors():
-            rows = await read_pending(self.redis, keys, shard)
-        fields_read = len(rows)
+            rows, fields_read = await read_pending(self.redis, keys, shard)
         if fields_read != drained.fields:
             async with redis_errors():
                 now = await count_pending_fields(self.redis, keys, shard)
@@ -249,8 +256,13 @@ class Flusher:
     async def _heartbeat(self) -> None:
         ttl = max(30, int(self.settings.flush_interval * 3) + 5)
         value = json.dumps({"flusher": self.flusher_id, "at": time.time()})
-        async with redis_errors():
-            await self.redis.set(HEARTBEAT, value, ex=ttl)
+        try:
+            async with redis_errors():
+                await self.redis.set(HEARTBEAT, value, ex=ttl)
+        except RedisUnavailableError as exc:
+            if not isinstance(exc.__cause__, OutOfMemoryError):
+                raise
+            log.warning("flush.heartbeat_refused", reason="redis out of memory")
 
     async def flush_all(self, *, lease_wait: float = 10.0) -> list[ShardResult]:
         """Drain everything hot and pending, waiting for other flushers' leases (``--once``).

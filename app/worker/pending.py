@@ -42,14 +42,18 @@ class Drained:
         )
 
 
-async def read_pending(redis: aioredis.Redis, keys: TenantKeys, shard: int) -> list[UsageRow]:
+async def read_pending(
+    redis: aioredis.Redis, keys: TenantKeys, shard: int
+) -> tuple[list[UsageRow], int]:
     """Every (customer, resource type, hour) quantity of the shard's pending flush.
 
     The pending data is frozen (ingest only reads it), so reading it in several round
-    trips is safe; the caller checks the field count against the drain's record.
+    trips is safe; the caller checks the field count (returned with the rows, zero
+    fields included) against the drain's record.
     """
     customers = sorted(as_text(c) for c in await redis.smembers(keys.pending_customers(shard)))
     rows: list[UsageRow] = []
+    fields_seen = 0
     for start in range(0, len(customers), _CHUNK):
         chunk = customers[start : start + _CHUNK]
         async with redis.pipeline(transaction=False) as pipe:
@@ -57,6 +61,7 @@ async def read_pending(redis: aioredis.Redis, keys: TenantKeys, shard: int) -> l
                 pipe.hgetall(keys.pending(customer))
             replies = await pipe.execute()
         for customer, fields in zip(chunk, replies, strict=True):
+            fields_seen += len(fields)
             for field, value in fields.items():
                 resource_type, hour = split_field(as_text(field))
                 micro = int(value)
@@ -64,7 +69,7 @@ async def read_pending(redis: aioredis.Redis, keys: TenantKeys, shard: int) -> l
                     rows.append(
                         UsageRow(customer, resource_type, hour_start(hour), from_micro(micro))
                     )
-    return rows
+    return rows, fields_seen
 
 
 async def count_pending_fields(redis: aioredis.Redis, keys: TenantKeys, shard: int) -> int:
