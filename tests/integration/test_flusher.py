@@ -9,10 +9,12 @@ import time
 from collections import Counter
 
 import asyncpg
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from app.apikeys import Scope
+from app.embedded import free_port
 from app.hotpath.keys import HEARTBEAT
 from app.repo.pool import create_pool
 from app.settings import Settings
@@ -185,3 +187,32 @@ async def test_check_reports_the_heartbeat(
     assert run_flush(settings, "--check").returncode == 1
     assert run_flush(settings, "--once").returncode == 0
     assert run_flush(settings, "--check").returncode == 0
+
+
+@pytest.mark.slow
+async def test_standalone_flusher_serves_its_metrics(
+    settings: Settings, redis: aioredis.Redis, tenant: str
+) -> None:
+    port = free_port()
+    proc = start_flush(settings, "--metrics-port", str(port))
+    try:
+        await ingest_random(redis, Counter(), events=50)
+        text = ""
+        for _ in range(100):
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text
+                if (
+                    "tally_flush_fields_total 0.0" not in text
+                    and "tally_flush_fields_total" in text
+                ):
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+        assert "tally_flush_cycles_total" in text
+        assert "tally_flush_lag_seconds" in text
+        fields = [line for line in text.splitlines() if line.startswith("tally_flush_fields_total")]
+        assert fields
+        assert float(fields[0].split()[1]) > 0
+    finally:
+        kill(proc, signal.SIGTERM)
