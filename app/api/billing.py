@@ -57,7 +57,13 @@ async def get_bill(request: Request) -> Response:
     svc = services(request)
     started = time.perf_counter()
     usage = await read_customer_usage(
-        svc.scripts, svc.pool, principal.tenant, customer_id, period.first_hour, period.end_hour
+        svc.scripts,
+        svc.pool,
+        principal.tenant,
+        customer_id,
+        period.first_hour,
+        period.end_hour,
+        by_hour=False,
     )
     if not usage.exists:
         raise not_found("customer")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
+from typing import NamedTuple
 
 import asyncpg
 
@@ -30,9 +31,9 @@ class SequenceAnomalyError(Exception):
     """
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRow:
-    """One (customer, resource type, hour) quantity of a flush."""
+class UsageRow(NamedTuple):
+    """One (customer, resource type, hour) quantity of a flush (a tuple: flushes build
+    one per meter field)."""
 
     customer_id: str
     resource_type: str
@@ -109,10 +110,7 @@ async def commit_flush(
                     "shard",
                     "seq",
                 ],
-                records=[
-                    (tenant, r.customer_id, r.resource_type, r.bucket_start, r.quantity, shard, seq)
-                    for r in rows
-                ],
+                records=[(tenant, *row, shard, seq) for row in rows],
             )
         await checkpoint("after_insert")
     return CommitOutcome.COMMITTED
@@ -176,6 +174,36 @@ class ColdRead:
     plan_body: str | None
 
 
+_READ_COLD = """
+    WITH cold AS (
+        SELECT resource_type, {bucket} AS bucket_start, sum(quantity) AS quantity
+        FROM usage_records
+        WHERE tenant = $1 AND customer_id = $2
+          AND bucket_start >= $3 AND bucket_start < $4
+          AND (seq = 0 OR (shard = $5 AND seq <= $6))
+        GROUP BY {group}
+    )
+    SELECT
+        EXISTS (SELECT 1 FROM flushes
+                WHERE tenant = $1 AND shard = $5 AND seq = $7) AS pending_committed,
+        EXISTS (SELECT 1 FROM usage_records
+                WHERE tenant = $1 AND customer_id = $2) AS any_usage,
+        c.customer_id IS NOT NULL AS customer_exists,
+        c.plan_id,
+        p.body::text AS plan_body,
+        NULL::text AS resource_type, NULL::timestamptz AS bucket_start,
+        NULL::numeric AS quantity
+    FROM (SELECT 1) AS one
+    LEFT JOIN customers c ON c.tenant = $1 AND c.customer_id = $2
+    LEFT JOIN plans p ON p.tenant = c.tenant AND p.plan_id = c.plan_id
+    UNION ALL
+    SELECT NULL, NULL, NULL, NULL, NULL, resource_type, bucket_start, quantity FROM cold
+"""
+# Per hour for usage series; per resource type (one row each) for bills.
+_READ_COLD_BY_HOUR = _READ_COLD.format(bucket="bucket_start", group="resource_type, bucket_start")
+_READ_COLD_TOTALS = _READ_COLD.format(bucket="$3::timestamptz", group="resource_type")
+
+
 async def read_cold(
     pool: asyncpg.Pool,
     tenant: str,
@@ -185,41 +213,22 @@ async def read_cold(
     end: datetime,
     seq: int,
     pending_seq: int,
+    *,
+    by_hour: bool = True,
 ) -> ColdRead:
     """One statement: the customer's flushed rows in ``[start, end)`` visible under the
     read rule, whether the pending flush ``pending_seq`` is already committed, and the
-    customer's record and plan.
+    customer's record and plan (the first row; usage rows follow).
 
     Read rule (design/hot-cold.md): rows of flushes with seq ≤ ``seq`` (the shard's seq
     when Redis was read) plus rolled-up rows (seq 0). Flushes drained after the Redis read
     have seq > ``seq`` and their units were counted from Redis, so they are left out.
+    With ``by_hour=False`` the quantities are summed per resource type in PostgreSQL and
+    labelled with ``start``: a month's bill reads a handful of rows, not one per hour.
     """
     async with translated():
         rows = await pool.fetch(
-            """
-            WITH cold AS (
-                SELECT resource_type, bucket_start, sum(quantity) AS quantity
-                FROM usage_records
-                WHERE tenant = $1 AND customer_id = $2
-                  AND bucket_start >= $3 AND bucket_start < $4
-                  AND (seq = 0 OR (shard = $5 AND seq <= $6))
-                GROUP BY resource_type, bucket_start
-            ), facts AS (
-                SELECT
-                    EXISTS (SELECT 1 FROM flushes
-                            WHERE tenant = $1 AND shard = $5 AND seq = $7) AS pending_committed,
-                    EXISTS (SELECT 1 FROM usage_records
-                            WHERE tenant = $1 AND customer_id = $2) AS any_usage,
-                    c.customer_id IS NOT NULL AS customer_exists,
-                    c.plan_id,
-                    p.body::text AS plan_body
-                FROM (SELECT 1) AS one
-                LEFT JOIN customers c ON c.tenant = $1 AND c.customer_id = $2
-                LEFT JOIN plans p ON p.tenant = c.tenant AND p.plan_id = c.plan_id
-            )
-            SELECT f.*, cold.resource_type, cold.bucket_start, cold.quantity
-            FROM facts f LEFT JOIN cold ON true
-            """,
+            _READ_COLD_BY_HOUR if by_hour else _READ_COLD_TOTALS,
             tenant,
             customer_id,
             start,
@@ -229,11 +238,7 @@ async def read_cold(
             pending_seq,
         )
     first = rows[0]
-    buckets = {
-        (r["resource_type"], r["bucket_start"]): r["quantity"]
-        for r in rows
-        if r["resource_type"] is not None
-    }
+    buckets = {(r["resource_type"], r["bucket_start"]): r["quantity"] for r in rows[1:]}
     return ColdRead(
         buckets=buckets,
         pending_committed=first["pending_committed"],

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import redis.asyncio as aioredis
 
-from app.hotpath.keys import TenantKeys, as_text, split_field
-from app.quantities import from_micro
+from app.hotpath.keys import TenantKeys, as_text
 from app.repo.usage import UsageRow
 from app.timestamps import hour_start
 
@@ -49,11 +49,13 @@ async def read_pending(
 
     The pending data is frozen (ingest only reads it), so reading it in several round
     trips is safe; the caller checks the field count (returned with the rows, zero
-    fields included) against the drain's record.
+    fields included) against the drain's record. This runs once per field of every flush,
+    so hour starts are built once per hour and rows are plain tuples.
     """
     customers = sorted(as_text(c) for c in await redis.smembers(keys.pending_customers(shard)))
     rows: list[UsageRow] = []
     fields_seen = 0
+    hours: dict[bytes, datetime] = {}
     for start in range(0, len(customers), _CHUNK):
         chunk = customers[start : start + _CHUNK]
         async with redis.pipeline(transaction=False) as pipe:
@@ -63,12 +65,16 @@ async def read_pending(
         for customer, fields in zip(chunk, replies, strict=True):
             fields_seen += len(fields)
             for field, value in fields.items():
-                resource_type, hour = split_field(as_text(field))
+                resource_type, _, hour = field.rpartition(b"|")
                 micro = int(value)
-                if micro:
-                    rows.append(
-                        UsageRow(customer, resource_type, hour_start(hour), from_micro(micro))
-                    )
+                if not micro:
+                    continue
+                bucket = hours.get(hour)
+                if bucket is None:
+                    bucket = hours[hour] = hour_start(int(hour))
+                rows.append(
+                    UsageRow(customer, resource_type.decode(), bucket, Decimal(micro).scaleb(-6))
+                )
     return rows, fields_seen
 
 
