@@ -38,7 +38,8 @@ def free_port() -> int:
         return port
 
 
-def _die_with_parent(sig: int) -> None:
+def die_with_parent(sig: int) -> None:
+    """In a child (preexec_fn): receive ``sig`` when the parent thread dies."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, sig)
 
@@ -175,7 +176,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=lambda: _die_with_parent(signal.SIGTERM),  # noqa: PLW1509
+            preexec_fn=lambda: die_with_parent(signal.SIGTERM),  # noqa: PLW1509
         )
         _wait_until(
             lambda: _redis_answers(self.port),
@@ -330,7 +331,7 @@ class PostgresServer:
                 stderr=log_file,
                 start_new_session=True,
                 cwd=str(self.data_dir),
-                preexec_fn=lambda: _die_with_parent(signal.SIGINT),  # noqa: PLW1509
+                preexec_fn=lambda: die_with_parent(signal.SIGINT),  # noqa: PLW1509
                 user=self._uid(),
                 group=self._gid(),
             )

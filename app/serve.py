@@ -7,14 +7,20 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
+import structlog
 import uvicorn
 
 from app.application import create_app
+from app.embedded import die_with_parent
 from app.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from app.settings import Settings
 from app.signals import exit_quietly_on_signals
+from app.worker.main import EXIT_HALTED
+
+log = structlog.get_logger("tally.serve")
 
 
 def _config(
@@ -55,9 +61,9 @@ def serve(settings: Settings, host: str, port: int, workers: int, flusher: bool)
     os.environ[MULTIPROC_ENV] = str(metrics_dir)
     # Each worker takes its share of TALLY_RATE_LIMIT.
     os.environ["TALLY_WORKERS"] = str(workers)
-    child: subprocess.Popen[bytes] | None = None
-    if flusher:
-        child = subprocess.Popen([sys.executable, "-m", "app.worker"], env=os.environ.copy())
+    supervisor = _FlusherSupervisor() if flusher else None
+    if supervisor is not None:
+        supervisor.start()
     with exit_quietly_on_signals():
         try:
             uvicorn.run(
@@ -72,13 +78,67 @@ def serve(settings: Settings, host: str, port: int, workers: int, flusher: bool)
                 timeout_graceful_shutdown=int(max(1, settings.shutdown_grace)),
             )
         finally:
-            if child is not None and child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-                try:
-                    child.wait(timeout=settings.shutdown_grace + 5)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
-    if child is not None and child.returncode not in (0, None):
-        return int(child.returncode)
-    return 0
+            code = supervisor.stop(settings.shutdown_grace + 5) if supervisor else 0
+    return code
+
+
+class _FlusherSupervisor:
+    """Runs ``python -m app.worker`` as a child and restarts it if it dies (with backoff).
+
+    On stop: SIGTERM, wait for its final flush within the grace period, then SIGKILL.
+    A halted flusher (exit 3) is not restarted: it would halt again; the operator acts.
+    """
+
+    def __init__(self) -> None:
+        self._child: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._watch, name="flusher-supervisor", daemon=True)
+
+    def _spawn(self) -> None:
+        # Its own session: a terminal's Ctrl-C reaches only `tally serve`, which then stops
+        # the flusher with one SIGTERM (a second signal would cancel its final flush).
+        # PDEATHSIG: it never outlives the server.
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", "app.worker"],
+            env=os.environ.copy(),
+            start_new_session=True,
+            preexec_fn=lambda: die_with_parent(signal.SIGTERM),  # noqa: PLW1509
+        )
+
+    def start(self) -> None:
+        self._spawn()
+        self._thread.start()
+
+    def _watch(self) -> None:
+        delay = 0.5
+        while not self._stopping.wait(0.5):
+            with self._lock:
+                child = self._child
+                if child is None or child.poll() is None or self._stopping.is_set():
+                    continue
+                if child.returncode == EXIT_HALTED:
+                    log.error("flusher.halted_not_restarted", code=child.returncode)
+                    return
+                log.warning("flusher.restarting", code=child.returncode, delay=delay)
+            if self._stopping.wait(delay):
+                return
+            with self._lock:
+                if not self._stopping.is_set():
+                    self._spawn()
+            delay = min(delay * 2, 30.0)
+
+    def stop(self, timeout: float) -> int:
+        with self._lock:
+            self._stopping.set()
+            child = self._child
+        if child is None:
+            return 0
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        return 0 if child.returncode in (0, -signal.SIGTERM) else int(child.returncode)

@@ -290,6 +290,12 @@ class Flusher:
             reason = "redis" if isinstance(exc, RedisUnavailableError) else "postgresql"
             metrics().flush_failures.labels(reason).inc()
             log.warning("flush.failed", error=str(exc))
+        except Exception:
+            # A bug must not stop the loop for good: the cycle is retried next interval,
+            # and every step is safe to repeat. Cancellation (BaseException) still ends it.
+            self.status.failures += 1
+            metrics().flush_failures.labels("error").inc()
+            log.exception("flush.error")
 
     def _halt(self, exc: SequenceAnomalyError) -> None:
         self.status.halt(str(exc))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -97,3 +98,68 @@ async def test_serve_flushes_and_stops_on_sigterm(
             server.communicate()
     assert server.returncode == 0, err[-3000:]
     assert await _flushed_total(database_url) == Decimal("45")  # the final flush
+
+
+def _flusher_children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"app.worker" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_serve_restarts_a_dead_flusher(settings: Settings, database_url: str) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TALLY_", "PROMETHEUS"))}
+    env.update(
+        {
+            "REDIS_URL": settings.redis_url,
+            "DATABASE_URL": database_url,
+            "TALLY_LOG_LEVEL": "warning",
+        }
+    )
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _flusher_children(server.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (first,) = _flusher_children(server.pid)
+        os.kill(first, signal.SIGKILL)
+        restarted: list[int] = []
+        while time.monotonic() < deadline + 30:
+            restarted = [p for p in _flusher_children(server.pid) if p != first]
+            if restarted:
+                break
+            time.sleep(0.1)
+        assert restarted, "the flusher was not restarted"
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=40)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert server.returncode == 0, err[-3000:]
