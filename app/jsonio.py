@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 
@@ -31,6 +31,15 @@ def _no_constants(name: str) -> Any:
     raise JSONDecodeError(f"{name} is not a number Tally accepts")
 
 
+def _exact_decimal(text: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        # An exponent beyond Decimal's range (1e9999999999999999999): keep it a number that
+        # validation refuses with 422 ("must be finite"), as any out-of-range number.
+        return Decimal("Infinity") if not text.startswith("-") else Decimal("-Infinity")
+
+
 def _exact_int(text: str) -> int | Decimal:
     # Very long integers would make int() slow (and CPython limits them): keep them decimal.
     return int(text) if len(text) <= 40 else Decimal(text)
@@ -39,10 +48,10 @@ def _exact_int(text: str) -> int | Decimal:
 def loads(body: bytes | str) -> Any:
     """Parse strict JSON (see module docstring)."""
     try:
-        return json.loads(
+        document = json.loads(
             body,
             object_pairs_hook=_no_duplicates,
-            parse_float=Decimal,
+            parse_float=_exact_decimal,
             parse_int=_exact_int,
             parse_constant=_no_constants,
         )
@@ -51,6 +60,7 @@ def loads(body: bytes | str) -> Any:
     except (ValueError, RecursionError) as exc:
         # UnicodeDecodeError and json.JSONDecodeError are ValueErrors.
         raise JSONDecodeError(f"malformed JSON: {exc}") from None
+    return document
 
 
 # Decimals are written through a marker string that is then replaced by the number's digits:
@@ -74,7 +84,9 @@ def _prepare(obj: Any) -> Any:
     return obj
 
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# ASCII output: any string a client sent (a lone surrogate escape included) can be echoed
+# back in an error message without an encoding error.
+_encoder = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
 
 
 def dumps(obj: Any) -> bytes:

@@ -15,6 +15,7 @@ from typing import Any, Final, Literal, TypeGuard, get_args
 
 from app.currencies import UnknownCurrencyError, format_money, minor_units
 from app.ids import id_problem
+from app.text import text_problem
 
 __all__ = [
     "MODELS",
@@ -181,6 +182,10 @@ class _Parser:
     def text(self, value: object, path: str) -> str:
         if not isinstance(value, str) or not 1 <= len(value) <= _MAX_TEXT:
             self.error(path, f"must be a string of 1 to {_MAX_TEXT} characters")
+            return ""
+        problem = text_problem(value)
+        if problem:
+            self.error(path, problem)
             return ""
         return value
 

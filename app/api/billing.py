@@ -28,6 +28,9 @@ from app.usage_reads import CustomerUsage, read_customer_usage
 
 READ = (Scope.READ, Scope.ADMIN)
 MAX_RANGE = timedelta(days=100)
+# The last hour datetime can hold a following hour for: hours are clamped to it, so a
+# range ending in the last hour of 9999 never builds a datetime in year 10000.
+_LAST_HOUR = int(datetime(9999, 12, 31, 22, tzinfo=UTC).timestamp()) // 3600
 _PERIOD = re.compile(r"([0-9]{4})-([0-9]{2})")
 
 
@@ -102,7 +105,7 @@ def _range(request: Request) -> tuple[datetime, datetime]:
         except TimestampError as exc:
             raise validation_error(name, f"{name} {exc}", "invalid_timestamp") from None
         bounds[name] = datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC) + timedelta(
-            microseconds=(ns % 1_000_000_000) / 1000
+            microseconds=(ns % 1_000_000_000) // 1000
         )
     start, end = bounds["from"], bounds["to"]
     if end <= start:
@@ -115,7 +118,7 @@ def _range(request: Request) -> tuple[datetime, datetime]:
 def _ceil_hour(moment: datetime) -> int:
     seconds = moment.timestamp()
     hour = int(seconds // 3600)
-    return hour if hour * 3600 == seconds else hour + 1
+    return min(_LAST_HOUR, hour if hour * 3600 == seconds else hour + 1)
 
 
 async def get_usage(request: Request) -> Response:

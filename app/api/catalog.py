@@ -18,6 +18,7 @@ from app.plans import PlanValidationError, parse_plan, plan_to_json
 from app.repo import customers as repo
 from app.repo.customers import CustomerRecord
 from app.responses import JSONResponse
+from app.text import text_problem
 from app.timestamps import format_utc
 
 ADMIN = (Scope.ADMIN,)
@@ -41,6 +42,9 @@ def _text_field(body: dict[str, Any], name: str, limit: int) -> str | None:
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= limit:
         raise validation_error(name, f"{name} must be a string of 1 to {limit} characters")
+    problem = text_problem(value)
+    if problem:
+        raise validation_error(name, f"{name} {problem}")
     return value
 
 

@@ -546,7 +546,7 @@ def customer_usage(*, plan: bool = True, exists: bool = True) -> CustomerUsage:
 async def test_bill_answers_are_documented(
     monkeypatch: pytest.MonkeyPatch, reads: CustomerUsage, query: str, status: int
 ) -> None:
-    async def read(*_: Any) -> CustomerUsage:
+    async def read(*_: Any, **__: Any) -> CustomerUsage:
         return reads
 
     monkeypatch.setattr(billing, "read_customer_usage", read)
@@ -568,7 +568,7 @@ async def test_bill_answers_are_documented(
 async def test_usage_answers_are_documented(
     monkeypatch: pytest.MonkeyPatch, query: str, status: int
 ) -> None:
-    async def read(*_: Any) -> CustomerUsage:
+    async def read(*_: Any, **__: Any) -> CustomerUsage:
         return customer_usage()
 
     monkeypatch.setattr(billing, "read_customer_usage", read)
