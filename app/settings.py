@@ -82,7 +82,7 @@ class Settings:
     flush_interval: float = 10.0
     rate_limit: Decimal | None = None
     idempotency_ttl: int = 86_400
-    idempotency_fanout: int = 16_384
+    idempotency_fanout: int = 262_144
     key_cache_ttl: float = 5.0
     redis_timeout: float = 1.0
     database_timeout: float = 2.0
@@ -129,7 +129,7 @@ class Settings:
             flush_interval=_positive_seconds(env, "TALLY_FLUSH_INTERVAL", "10"),
             rate_limit=rate_limit,
             idempotency_ttl=_positive_int(env, "TALLY_IDEMPOTENCY_TTL", 86_400, minimum=60),
-            idempotency_fanout=_positive_int(env, "TALLY_IDEMPOTENCY_FANOUT", 16_384),
+            idempotency_fanout=_positive_int(env, "TALLY_IDEMPOTENCY_FANOUT", 262_144),
             key_cache_ttl=_positive_seconds(env, "TALLY_KEY_CACHE_TTL", "5"),
             redis_timeout=_positive_seconds(env, "TALLY_REDIS_TIMEOUT", "1"),
             database_timeout=_positive_seconds(env, "TALLY_DATABASE_TIMEOUT", "2"),

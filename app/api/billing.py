@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections import defaultdict
@@ -19,7 +20,7 @@ from app.apikeys import Scope
 from app.auth import Principal
 from app.errors import validation_error
 from app.metrics import metrics
-from app.plans import parse_plan
+from app.plans import Plan, parse_plan
 from app.pricing import bill_to_json, price_bill
 from app.quantities import format_quantity
 from app.responses import JSONResponse
@@ -32,6 +33,13 @@ MAX_RANGE = timedelta(days=100)
 # range ending in the last hour of 9999 never builds a datetime in year 10000.
 _LAST_HOUR = int(datetime(9999, 12, 31, 22, tzinfo=UTC).timestamp()) // 3600
 _PERIOD = re.compile(r"([0-9]{4})-([0-9]{2})")
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(plan_id: str, body: str) -> Plan:
+    # Keyed by the stored document itself, so an updated plan is parsed again; plans are
+    # frozen dataclasses, safe to share between requests.
+    return parse_plan(plan_id, jsonio.loads(body))
 
 
 def _customer(request: Request, principal: Principal) -> str:
@@ -70,11 +78,7 @@ async def get_bill(request: Request) -> Response:
     )
     if not usage.exists:
         raise not_found("customer")
-    plan = (
-        parse_plan(usage.plan_id, jsonio.loads(usage.plan_body))
-        if (usage.plan_id and usage.plan_body)
-        else None
-    )
+    plan = _plan(usage.plan_id, usage.plan_body) if usage.plan_id and usage.plan_body else None
     bill = bill_to_json(price_bill(plan, usage.per_resource()))
     body: dict[str, Any] = {
         "customer_id": customer_id,

@@ -24,15 +24,19 @@ def create_redis(settings: Settings) -> aioredis.Redis:
     ``decode_responses`` stays off: idempotency fields are raw bytes, and the callers decode
     the few strings they need.
     """
-    return aioredis.Redis.from_url(
+    # A blocking pool: when every connection is busy a call waits (up to the timeout)
+    # for one instead of failing at once with MaxConnectionsError.
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
         max_connections=settings.redis_max_connections,
+        timeout=settings.redis_timeout,
         health_check_interval=0,
         retry_on_timeout=False,
         decode_responses=False,
     )
+    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
 
 
 async def check_redis(client: aioredis.Redis, wait_seconds: float) -> None:
