@@ -65,19 +65,25 @@ def _check_id(body: dict[str, Any], name: str) -> str:
     return value
 
 
+def _check_key(key: object, field: str) -> str:
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise EventError(
+            "invalid_idempotency_key",
+            field,
+            f"must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters",
+        )
+    if not key.isprintable() or not key.isascii():
+        raise EventError("invalid_idempotency_key", field, "must be printable ASCII")
+    return key
+
+
 def _idempotency_key(body: dict[str, Any], header_key: str | None) -> str | None:
+    # The header gets the same rules as the body field (it is the same key).
+    if header_key is not None:
+        _check_key(header_key, "Idempotency-Key")
     key = body.get("idempotency_key")
     if key is not None:
-        if not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
-            raise EventError(
-                "invalid_idempotency_key",
-                "idempotency_key",
-                f"must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters",
-            )
-        if not key.isprintable() or not key.isascii():
-            raise EventError(
-                "invalid_idempotency_key", "idempotency_key", "must be printable ASCII"
-            )
+        key = _check_key(key, "idempotency_key")
         if header_key is not None and header_key != key:
             raise EventError(
                 "invalid_idempotency_key",
