@@ -11,6 +11,11 @@ from typing import Any
 
 from app.openapi import error_responses, schema_ref
 
+# YYYY-MM from 1970-01 to 9998-12 (the handler needs the month after the period).
+_PERIOD_PATTERN = (
+    "^(19[7-9][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-(0[1-9]|1[0-2])$"
+)
+
 _SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 # Statuses every /api/v1 operation can answer, whatever it does.
 _ALWAYS = (401, 403, 429, 503)
@@ -202,7 +207,10 @@ BILLING_PATHS: dict[str, Any] = {
                 _query(
                     "period",
                     "Calendar month in UTC (default: the current month)",
-                    {"type": "string", "pattern": "^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])$"},
+                    {
+                        "type": "string",
+                        "pattern": _PERIOD_PATTERN,
+                    },
                 ),
             ],
             description=(
