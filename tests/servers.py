@@ -110,3 +110,27 @@ def start_redis() -> tuple[str, RedisServer | None]:
         return given, None
     server = RedisServer(scratch_dir("tally-redis-"), appendonly=False).start()
     return server.url, server
+
+
+def own_servers(*, appendonly: bool = True) -> tuple[RedisServer, PostgresServer]:
+    """A Redis and a migrated PostgreSQL of a test's own (to kill, stop or fill)."""
+    redis = RedisServer(scratch_dir("tally-own-redis-"), appendonly=appendonly).start()
+    postgres = PostgresServer(scratch_dir("tally-own-pg-")).start()
+
+    async def migrate() -> None:
+        conn = await asyncpg.connect(postgres.url)
+        try:
+            await migrations.migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(migrate())
+    return redis, postgres
+
+
+def process_env(redis_url: str, database_url: str, **extra: str) -> dict[str, str]:
+    """Environment for a `tally` subprocess: this one's, minus any Tally or metrics settings,
+    pointing at the given servers."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TALLY_", "PROMETHEUS"))}
+    env.update({"REDIS_URL": redis_url, "DATABASE_URL": database_url, **extra})
+    return env

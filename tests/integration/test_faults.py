@@ -9,7 +9,6 @@ left in Redis and the bill API must all equal that truth exactly.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import subprocess
@@ -21,16 +20,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
-import asyncpg
 import httpx
 import pytest
 
 from app.apikeys import Scope
 from app.embedded import PostgresServer, RedisServer, free_port
-from app.repo import migrations
 from tests.integration.flush_helpers import cold_totals
 from tests.keys import make_key
-from tests.servers import scratch_dir
+from tests.servers import own_servers, process_env
 
 pytestmark = pytest.mark.slow
 HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
@@ -119,27 +116,14 @@ class Client:
 
 @pytest.fixture
 def stack() -> Iterator[tuple[RedisServer, PostgresServer, dict[str, str]]]:
-    redis = RedisServer(scratch_dir("tally-fault-redis-")).start()
-    postgres = PostgresServer(scratch_dir("tally-fault-pg-")).start()
-
-    async def migrate() -> None:
-        conn = await asyncpg.connect(postgres.url)
-        try:
-            await migrations.migrate(conn)
-        finally:
-            await conn.close()
-
-    asyncio.run(migrate())
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TALLY_", "PROMETHEUS"))}
-    env.update(
-        {
-            "REDIS_URL": redis.url,
-            "DATABASE_URL": postgres.url,
-            "TALLY_FLUSH_INTERVAL": "0.1",
-            "TALLY_LOG_LEVEL": "warning",
-            "TALLY_REDIS_TIMEOUT": "0.5",
-            "TALLY_STARTUP_TIMEOUT": "20",
-        }
+    redis, postgres = own_servers()
+    env = process_env(
+        redis.url,
+        postgres.url,
+        TALLY_FLUSH_INTERVAL="0.1",
+        TALLY_LOG_LEVEL="warning",
+        TALLY_REDIS_TIMEOUT="0.5",
+        TALLY_STARTUP_TIMEOUT="20",
     )
     yield redis, postgres, env
     redis.stop()

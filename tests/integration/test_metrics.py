@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from app.worker.lag import measure_lag
 from tests.http import client_for
 from tests.integration.flush_helpers import Truth, ingest_random
 from tests.keys import make_key
+from tests.servers import process_env
 
 
 @pytest.fixture(autouse=True)
@@ -182,14 +182,11 @@ def test_two_workers_report_exact_totals(
 ) -> None:
     key = asyncio.run(make_key(database_url, "acme", Scope.INGEST))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TALLY_", "PROMETHEUS"))}
-    env.update(
-        {
-            "REDIS_URL": settings.redis_url,
-            "DATABASE_URL": settings.database_url,
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
-            "TALLY_LOG_LEVEL": "warning",
-        }
+    env = process_env(
+        settings.redis_url,
+        settings.database_url,
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"),
+        TALLY_LOG_LEVEL="warning",
     )
     server = subprocess.Popen(
         [

@@ -16,7 +16,6 @@ from app.apikeys import Scope
 from app.application import create_app
 from app.embedded import PostgresServer, RedisServer
 from app.hotpath.client import RedisConfigError
-from app.repo import migrations
 from app.settings import Settings
 from tests.conftest import running
 from tests.http import client_for
@@ -30,7 +29,7 @@ from tests.integration.flush_helpers import (
     start_flush,
 )
 from tests.keys import make_key
-from tests.servers import scratch_dir
+from tests.servers import own_servers
 
 pytestmark = pytest.mark.slow
 
@@ -39,17 +38,7 @@ EVENT = {"customer_id": "c-1", "resource_type": "api_call", "quantity": 1}
 
 @pytest.fixture
 def servers() -> Iterator[tuple[RedisServer, PostgresServer]]:
-    redis = RedisServer(scratch_dir("tally-out-redis-")).start()
-    postgres = PostgresServer(scratch_dir("tally-out-pg-")).start()
-
-    async def migrate() -> None:
-        conn = await asyncpg.connect(postgres.url)
-        try:
-            await migrations.migrate(conn)
-        finally:
-            await conn.close()
-
-    asyncio.run(migrate())
+    redis, postgres = own_servers()
     yield redis, postgres
     redis.stop()
     postgres.stop()

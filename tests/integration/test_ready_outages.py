@@ -5,40 +5,28 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
-import asyncpg
 import pytest
 
 from app.application import create_app
 from app.embedded import PostgresServer, RedisServer
-from app.repo import migrations
 from app.settings import Settings
 from tests.conftest import running
 from tests.http import client_for
-from tests.servers import scratch_dir
+from tests.servers import own_servers, scratch_dir
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def own_servers() -> Iterator[tuple[RedisServer, PostgresServer]]:
-    redis = RedisServer(scratch_dir("tally-ready-redis-"), appendonly=False).start()
-    postgres = PostgresServer(scratch_dir("tally-ready-pg-"), durable=False).start()
-
-    async def migrate() -> None:
-        conn = await asyncpg.connect(postgres.url)
-        try:
-            await migrations.migrate(conn)
-        finally:
-            await conn.close()
-
-    asyncio.run(migrate())
+def servers() -> Iterator[tuple[RedisServer, PostgresServer]]:
+    redis, postgres = own_servers(appendonly=False)
     yield redis, postgres
     redis.stop()
     postgres.stop()
 
 
-async def test_ready_follows_dependencies(own_servers: tuple[RedisServer, PostgresServer]) -> None:
-    redis, postgres = own_servers
+async def test_ready_follows_dependencies(servers: tuple[RedisServer, PostgresServer]) -> None:
+    redis, postgres = servers
     settings = Settings.from_env(
         {
             "REDIS_URL": redis.url,

@@ -20,6 +20,7 @@ from app.apikeys import Scope
 from app.embedded import free_port
 from app.settings import Settings
 from tests.keys import make_key
+from tests.servers import process_env
 
 pytestmark = pytest.mark.slow
 
@@ -44,14 +45,8 @@ async def test_serve_flushes_and_stops_on_sigterm(
     await conn.close()
     key = await make_key(database_url, "served", Scope.INGEST)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TALLY_", "PROMETHEUS"))}
-    env.update(
-        {
-            "REDIS_URL": settings.redis_url,
-            "DATABASE_URL": database_url,
-            "TALLY_FLUSH_INTERVAL": "3600",
-            "TALLY_LOG_LEVEL": "warning",
-        }
+    env = process_env(
+        settings.redis_url, database_url, TALLY_FLUSH_INTERVAL="3600", TALLY_LOG_LEVEL="warning"
     )
     server = subprocess.Popen(
         [
@@ -117,14 +112,7 @@ def _flusher_children(pid: int) -> list[int]:
 
 def test_serve_restarts_a_dead_flusher(settings: Settings, database_url: str) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TALLY_", "PROMETHEUS"))}
-    env.update(
-        {
-            "REDIS_URL": settings.redis_url,
-            "DATABASE_URL": database_url,
-            "TALLY_LOG_LEVEL": "warning",
-        }
-    )
+    env = process_env(settings.redis_url, database_url, TALLY_LOG_LEVEL="warning")
     server = subprocess.Popen(
         [
             sys.executable,
