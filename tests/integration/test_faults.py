@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -167,9 +167,13 @@ def api_url(api: Api) -> str:
     return f"http://127.0.0.1:{api.port}"
 
 
-async def test_api_sigkilled_under_load_retries_give_exact_totals(
+async def _under_chaos(
     stack: tuple[RedisServer, PostgresServer, dict[str, str]],
+    victim: Callable[[Api], tuple[Callable[[], object], Callable[[], object]]],
+    down_for: float,
 ) -> None:
+    """1,500 events with retries while ``victim`` is killed and restarted three times,
+    then exact totals everywhere."""
     _, postgres, env = stack
     key = await make_key(postgres.url, "faults", Scope.ADMIN)
     api = Api(env)
@@ -181,13 +185,14 @@ async def test_api_sigkilled_under_load_retries_give_exact_totals(
         stderr=subprocess.DEVNULL,
     )
     client = Client(api_url(api), key)
+    kill, restart = victim(api)
 
     async def chaos() -> None:
         for _ in range(3):
             await asyncio.sleep(0.7)
-            await asyncio.to_thread(api.kill)
-            await asyncio.sleep(0.2)
-            await asyncio.to_thread(api.start)
+            await asyncio.to_thread(kill)
+            await asyncio.sleep(down_for)
+            await asyncio.to_thread(restart)
 
     try:
         await asyncio.gather(_load(client, 1500), chaos())
@@ -199,33 +204,15 @@ async def test_api_sigkilled_under_load_retries_give_exact_totals(
         api.kill()
 
 
+async def test_api_sigkilled_under_load_retries_give_exact_totals(
+    stack: tuple[RedisServer, PostgresServer, dict[str, str]],
+) -> None:
+    await _under_chaos(stack, lambda api: (api.kill, api.start), down_for=0.2)
+
+
 async def test_redis_sigkilled_under_load_loses_nothing(
     stack: tuple[RedisServer, PostgresServer, dict[str, str]],
 ) -> None:
-    redis, postgres, env = stack
-    key = await make_key(postgres.url, "faults", Scope.ADMIN)
-    api = Api(env)
-    await asyncio.to_thread(api.start)
-    flusher = subprocess.Popen(
-        [sys.executable, "-m", "app.worker"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = Client(api_url(api), key)
-
-    async def chaos() -> None:
-        for _ in range(3):
-            await asyncio.sleep(0.7)
-            await asyncio.to_thread(redis.kill)  # SIGKILL; AOF with appendfsync always
-            await asyncio.sleep(0.3)
-            await asyncio.to_thread(redis.start)
-
-    try:
-        await asyncio.gather(_load(client, 1500), chaos())
-        assert client.retries > 0
-        await _check(client, env, api)
-    finally:
-        flusher.send_signal(signal.SIGTERM)
-        flusher.wait(timeout=30)
-        api.kill()
+    redis = stack[0]
+    # SIGKILL, then a restart on its AOF (appendfsync always).
+    await _under_chaos(stack, lambda _: (redis.kill, redis.start), down_for=0.3)
