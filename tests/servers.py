@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,3 +136,14 @@ def process_env(redis_url: str, database_url: str, **extra: str) -> dict[str, st
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TALLY_", "PROMETHEUS"))}
     env.update({"REDIS_URL": redis_url, "DATABASE_URL": database_url, **extra})
     return env
+
+
+def start_serve(env: dict[str, str], port: int, *args: str) -> subprocess.Popen[str]:
+    """``tally serve`` on 127.0.0.1:port as a subprocess (output captured)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from app.worker.lag import measure_lag
 from tests.http import client_for
 from tests.integration.flush_helpers import Truth, ingest_random
 from tests.keys import make_key
-from tests.servers import process_env
+from tests.servers import process_env, start_serve
 
 
 @pytest.fixture(autouse=True)
@@ -188,25 +187,7 @@ def test_two_workers_report_exact_totals(
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"),
         TALLY_LOG_LEVEL="warning",
     )
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "app",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--no-flusher",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = start_serve(env, port, "--workers", "2", "--no-flusher")
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

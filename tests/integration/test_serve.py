@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +18,7 @@ from app.apikeys import Scope
 from app.embedded import free_port
 from app.settings import Settings
 from tests.keys import make_key
-from tests.servers import process_env
+from tests.servers import process_env, start_serve
 
 pytestmark = pytest.mark.slow
 
@@ -48,24 +46,7 @@ async def test_serve_flushes_and_stops_on_sigterm(
     env = process_env(
         settings.redis_url, database_url, TALLY_FLUSH_INTERVAL="3600", TALLY_LOG_LEVEL="warning"
     )
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "app",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = start_serve(env, port, "--workers", str(workers))
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             deadline = time.monotonic() + 60
@@ -113,24 +94,7 @@ def _flusher_children(pid: int) -> list[int]:
 def test_serve_restarts_a_dead_flusher(settings: Settings, database_url: str) -> None:
     port = free_port()
     env = process_env(settings.redis_url, database_url, TALLY_LOG_LEVEL="warning")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "app",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = start_serve(env, port, "--workers", "2")
     try:
         deadline = time.monotonic() + 30
         while not _flusher_children(server.pid) and time.monotonic() < deadline:
