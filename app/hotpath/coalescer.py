@@ -40,8 +40,6 @@ class Coalescer:
     max_in_flight: int = 4
     _queue: list[_Item] = field(default_factory=list)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    calls: int = 0
-    events: int = 0
 
     async def submit(self, tenant: str, event: Event) -> Outcome:
         """Count ``event`` and return its outcome (or raise what the script call raised)."""
@@ -72,8 +70,6 @@ class Coalescer:
             for item in batch:
                 by_tenant[item.tenant].append(item)
             for tenant, items in by_tenant.items():
-                self.calls += 1
-                self.events += len(items)
                 try:
                     outcomes = await self.apply(tenant, [i.event for i in items])
                 except Exception as exc:
