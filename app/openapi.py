@@ -13,9 +13,20 @@ import functools
 from typing import Any
 
 from app import __version__
+from app.decimal_patterns import decimal_pattern
 from app.hotpath.events import MAX_IDEMPOTENCY_KEY, MAX_METADATA_BYTES
-from app.plans import MODELS
-from app.quantities import MAX_EVENT_UNITS
+from app.plans import (
+    MAX_PERCENT,
+    MAX_STRING_NUMBER,
+    MODELS,
+    MONEY_DIGITS,
+    PERCENT_PLACES,
+    PRICE_PLACES,
+    QUANTITY_DIGITS,
+    QUANTITY_PLACES,
+)
+from app.quantities import MAX_EVENT_UNITS, MICRO
+from app.text import EMAIL_FORBIDDEN
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -84,11 +95,56 @@ def _open(properties: dict[str, Any], *required: str, **extra: Any) -> dict[str,
 
 _PLAIN_DECIMAL = r"^[0-9]+(\.[0-9]+)?$"
 _TEXT = {"type": "string", "minLength": 1, "maxLength": 256}
-_DECIMAL_IN = schema_ref("DecimalInput")
+_QUANTITY_IN = schema_ref("PlanQuantity")
+_PRICE_IN = schema_ref("PlanPrice")
+_MONEY_IN = schema_ref("PlanMoney")
 _DECIMAL = schema_ref("DecimalString")
 _MONEY = schema_ref("Money")
 _TIME = schema_ref("Timestamp")
 _ID = schema_ref("Identifier")
+
+
+def _power_of_ten(limit: int) -> int:
+    below = len(str(limit)) - 1
+    if 10**below != limit:
+        raise ValueError(f"{limit} is not a power of ten")
+    return below
+
+
+def _decimal_input(
+    description: str,
+    *,
+    below: int,
+    places: int | None,
+    positive: bool = False,
+    inclusive: bool = False,
+    max_length: int | None = MAX_STRING_NUMBER,
+    trailing_zeros_free: bool = True,
+) -> dict[str, Any]:
+    """An exact decimal in a request: a JSON number, or a decimal string the pattern states.
+
+    The bounds are the handler's: > 0 or >= 0, below 10**below (or up to it, ``inclusive``).
+    Digits after the point are stated for strings only: ``multipleOf`` on a JSON number is
+    evaluated in binary floating point, so the handler alone judges a number's places.
+    """
+    lower = "exclusiveMinimum" if positive else "minimum"
+    upper = "maximum" if inclusive else "exclusiveMaximum"
+    text: dict[str, Any] = {
+        "type": "string",
+        "pattern": decimal_pattern(
+            below=below,
+            places=places,
+            inclusive=inclusive,
+            positive=positive,
+            trailing_zeros_free=trailing_zeros_free,
+        ),
+    }
+    if max_length is not None:
+        text["maxLength"] = max_length
+    return {
+        "anyOf": [{"type": "number", lower: 0, upper: 10**below}, text],
+        "description": description,
+    }
 
 
 def _priced(model: str, fields: dict[str, Any], *required: str) -> dict[str, Any]:
@@ -97,7 +153,7 @@ def _priced(model: str, fields: dict[str, Any], *required: str) -> dict[str, Any
         {
             "resource_type": _ID,
             "model": {"const": model},
-            "free_units": {**_DECIMAL_IN, "description": "Units not billed (default 0)"},
+            "free_units": {**_QUANTITY_IN, "description": "Units not billed (default 0)"},
             **fields,
         },
         "resource_type",
@@ -118,32 +174,50 @@ def _tiers_in(tier: dict[str, Any]) -> dict[str, Any]:
 
 
 _UP_TO_IN = {
-    "anyOf": [_DECIMAL_IN, {"type": "null"}],
+    "anyOf": [_QUANTITY_IN, {"type": "null"}],
     "description": "Inclusive upper bound of the tier; null (no bound) on the last tier only",
 }
-_TIER_IN = _closed(
-    {"up_to": _UP_TO_IN, "unit_price": _DECIMAL_IN, "flat_fee": _DECIMAL_IN}, "up_to"
-)
+_TIER_IN = _closed({"up_to": _UP_TO_IN, "unit_price": _PRICE_IN, "flat_fee": _PRICE_IN}, "up_to")
 # A stair step charges only flat fees: a unit price there is refused (app.plans).
-_STAIR_IN = _closed({"up_to": _UP_TO_IN, "flat_fee": _DECIMAL_IN}, "up_to")
+_STAIR_IN = _closed({"up_to": _UP_TO_IN, "flat_fee": _PRICE_IN}, "up_to")
 
+# Plan numbers (app.plans): a JSON number or a decimal string of at most 64 characters;
+# zeros at the end of the fraction do not count as places ("20.000" has none).
 _PLAN_SCHEMAS: dict[str, Any] = {
+    "PlanQuantity": _decimal_input(
+        f"Units: >= 0, below 10^{QUANTITY_DIGITS}, at most {QUANTITY_PLACES} digits after the "
+        "point",
+        below=QUANTITY_DIGITS,
+        places=QUANTITY_PLACES,
+    ),
+    "PlanPrice": _decimal_input(
+        f"A price per unit or a flat fee: >= 0, below 10^{MONEY_DIGITS}, at most "
+        f"{PRICE_PLACES} digits after the point",
+        below=MONEY_DIGITS,
+        places=PRICE_PLACES,
+    ),
+    "PlanMoney": _decimal_input(
+        f"An amount of money: >= 0, below 10^{MONEY_DIGITS}, at most the plan currency's "
+        "minor-unit digits after the point (USD 2, JPY 0)",
+        below=MONEY_DIGITS,
+        places=None,
+    ),
     "PriceInput": {
         "oneOf": [
-            _priced("per_unit", {"unit_price": _DECIMAL_IN}, "unit_price"),
+            _priced("per_unit", {"unit_price": _PRICE_IN}, "unit_price"),
             _priced("graduated", {"tiers": _tiers_in(_TIER_IN)}, "tiers"),
             _priced("volume", {"tiers": _tiers_in(_TIER_IN)}, "tiers"),
             _priced(
                 "package",
                 {
-                    "package_size": {
-                        "anyOf": [
-                            {"type": "number", "exclusiveMinimum": 0},
-                            {"type": "string", "pattern": _PLAIN_DECIMAL, "maxLength": 64},
-                        ],
-                        "description": "Units per package, > 0",
-                    },
-                    "package_price": _DECIMAL_IN,
+                    "package_size": _decimal_input(
+                        f"Units per package: > 0, below 10^{QUANTITY_DIGITS}, at most "
+                        f"{QUANTITY_PLACES} digits after the point",
+                        below=QUANTITY_DIGITS,
+                        places=QUANTITY_PLACES,
+                        positive=True,
+                    ),
+                    "package_price": _PRICE_IN,
                 },
                 "package_size",
                 "package_price",
@@ -157,20 +231,16 @@ _PLAN_SCHEMAS: dict[str, Any] = {
             _closed(
                 {
                     "description": _TEXT,
-                    "percent": {
-                        "anyOf": [
-                            {"type": "number", "minimum": 0, "maximum": 100},
-                            {
-                                "type": "string",
-                                "pattern": r"^0*([0-9]{1,2}(\.[0-9]+)?|100(\.0+)?)$",
-                            },
-                        ],
-                        "description": "0 to 100, at most 6 decimals",
-                    },
+                    "percent": _decimal_input(
+                        f"0 to {MAX_PERCENT}, at most {PERCENT_PLACES} digits after the point",
+                        below=_power_of_ten(MAX_PERCENT),
+                        places=PERCENT_PLACES,
+                        inclusive=True,
+                    ),
                 },
                 "percent",
             ),
-            _closed({"description": _TEXT, "amount": _DECIMAL_IN}, "amount"),
+            _closed({"description": _TEXT, "amount": _MONEY_IN}, "amount"),
         ],
         "description": "Exactly one of `percent` and `amount`; applied in order.",
     },
@@ -188,7 +258,7 @@ _PLAN_SCHEMAS: dict[str, Any] = {
                 "type": "array",
                 "maxItems": 100,
                 "items": _closed(
-                    {"description": _TEXT, "amount": _DECIMAL_IN}, "description", "amount"
+                    {"description": _TEXT, "amount": _MONEY_IN}, "description", "amount"
                 ),
             },
             "discounts": {
@@ -196,7 +266,7 @@ _PLAN_SCHEMAS: dict[str, Any] = {
                 "maxItems": 100,
                 "items": schema_ref("DiscountInput"),
             },
-            "minimum_commitment": _DECIMAL_IN,
+            "minimum_commitment": _MONEY_IN,
         },
         "currency",
         "prices",
@@ -276,16 +346,17 @@ _PLAN_SCHEMAS: dict[str, Any] = {
 }
 
 _EVENT_SCHEMAS: dict[str, Any] = {
-    "Quantity": {
-        "anyOf": [
-            {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_EVENT_UNITS},
-            {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,6})?$"},
-        ],
-        "description": (
-            f"Exact decimal > 0 and at most {MAX_EVENT_UNITS}, at most 6 digits after the "
-            "point: a JSON number or a decimal string"
-        ),
-    },
+    # Every written digit after the point counts here ("1.0000000" has 7): app.quantities.
+    "Quantity": _decimal_input(
+        f"Exact decimal > 0 and at most {MAX_EVENT_UNITS}, at most {_power_of_ten(MICRO)} "
+        "digits after the point: a JSON number or a decimal string",
+        below=_power_of_ten(MAX_EVENT_UNITS),
+        places=_power_of_ten(MICRO),
+        positive=True,
+        inclusive=True,
+        max_length=None,
+        trailing_zeros_free=False,
+    ),
     "UsageEvent": _closed(
         {
             "customer_id": _ID,
@@ -505,7 +576,14 @@ _READ_SCHEMAS: dict[str, Any] = {
             "customer_id": {**_ID, "description": "If given, must equal the path's"},
             "name": _nullable({"type": "string", "minLength": 1, "maxLength": 256}),
             "email": _nullable(
-                {"type": "string", "minLength": 1, "maxLength": 254, "pattern": r"^\S*@\S*$"}
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 254,
+                    # The characters listed, not \S: "whitespace" differs between regex engines.
+                    "pattern": f"^[^{EMAIL_FORBIDDEN}]*@[^{EMAIL_FORBIDDEN}]*$",
+                    "description": "Contains an @; no whitespace (Unicode's or ECMA-262's), no NUL",
+                }
             ),
             "plan_id": {
                 **_nullable(_ID),
@@ -551,13 +629,6 @@ COMPONENTS: dict[str, Any] = {
             "minLength": 1,
             "maxLength": 128,
             "pattern": "^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$",
-        },
-        "DecimalInput": {
-            "anyOf": [
-                {"type": "number", "minimum": 0},
-                {"type": "string", "pattern": _PLAIN_DECIMAL, "maxLength": 64},
-            ],
-            "description": "An exact decimal >= 0: a JSON number or a decimal string",
         },
         "DecimalString": {
             "type": "string",

@@ -18,7 +18,14 @@ from app.ids import id_problem
 from app.text import text_problem
 
 __all__ = [
+    "MAX_PERCENT",
+    "MAX_STRING_NUMBER",
     "MODELS",
+    "MONEY_DIGITS",
+    "PERCENT_PLACES",
+    "PRICE_PLACES",
+    "QUANTITY_DIGITS",
+    "QUANTITY_PLACES",
     "Discount",
     "FixedFee",
     "Model",
@@ -36,17 +43,19 @@ MODELS: Final[tuple[Model, ...]] = get_args(Model)
 
 ZERO: Final = Decimal(0)
 
-# A decimal string: no exponent, no whitespace, no "1_000" (which Decimal() would take).
-_DECIMAL_STRING = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
-_MAX_STRING_NUMBER = 64
+# A decimal string: no sign, exponent or whitespace, no "1_000" (which Decimal() would take).
+_DECIMAL_STRING = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+MAX_STRING_NUMBER: Final = 64
 
 # Limits keep every product the pricing engine forms within its 60-digit context:
 # a quantity (< 10^15, 6 places) times a price (< 10^12, 12 places) is at most 45 digits.
-_QUANTITY_PLACES: Final = 6
-_QUANTITY_DIGITS: Final = 15
-_PRICE_PLACES: Final = 12
-_MONEY_DIGITS: Final = 12
-_PERCENT_PLACES: Final = 6
+# The OpenAPI schema states them too (app.openapi).
+QUANTITY_PLACES: Final = 6
+QUANTITY_DIGITS: Final = 15
+PRICE_PLACES: Final = 12
+MONEY_DIGITS: Final = 12
+PERCENT_PLACES: Final = 6
+MAX_PERCENT: Final = 100
 _MAX_TEXT: Final = 256
 _MAX_PRICES: Final = 1000
 _MAX_TIERS: Final = 250
@@ -243,8 +252,13 @@ class _Parser:
             )
             return None
         if isinstance(value, str):
-            if len(value) > _MAX_STRING_NUMBER or _DECIMAL_STRING.fullmatch(value) is None:
+            unsigned = value.removeprefix("-")
+            if len(value) > MAX_STRING_NUMBER or _DECIMAL_STRING.fullmatch(unsigned) is None:
                 self.error(path, 'must be a decimal string such as "6.5"')
+                return None
+            if unsigned != value:
+                # Also "-0": the schema's pattern has no sign, and one rule is simpler to state.
+                self.error(path, "must not be negative")
                 return None
             return Decimal(value)
         if isinstance(value, Decimal):
@@ -257,14 +271,14 @@ class _Parser:
 
     def quantity(self, value: object, path: str, *, positive: bool = False) -> Decimal | None:
         return self.number(
-            value, path, places=_QUANTITY_PLACES, digits=_QUANTITY_DIGITS, positive=positive
+            value, path, places=QUANTITY_PLACES, digits=QUANTITY_DIGITS, positive=positive
         )
 
     def price(self, value: object, path: str) -> Decimal | None:
-        return self.number(value, path, places=_PRICE_PLACES, digits=_MONEY_DIGITS)
+        return self.number(value, path, places=PRICE_PLACES, digits=MONEY_DIGITS)
 
     def money(self, value: object, path: str, currency_places: int | None) -> Decimal | None:
-        return self.number(value, path, places=currency_places, digits=_MONEY_DIGITS)
+        return self.number(value, path, places=currency_places, digits=MONEY_DIGITS)
 
 
 def _join(path: str, key: str) -> str:
@@ -459,9 +473,9 @@ def _discount(p: _Parser, value: object, path: str, places: int | None) -> Disco
         percent = p.number(
             obj["percent"],
             f"{path}.percent",
-            places=_PERCENT_PLACES,
+            places=PERCENT_PLACES,
             digits=4,
-            maximum=Decimal(100),
+            maximum=Decimal(MAX_PERCENT),
         )
         return Discount(description, percent=percent)
     return Discount(description, amount=p.money(obj["amount"], f"{path}.amount", places))

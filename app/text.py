@@ -6,6 +6,17 @@ jsonb refuse NUL, UTF-8 cannot encode a surrogate), so such text is a 422, not a
 
 from __future__ import annotations
 
+import re
+
+# What an email address may not contain, as the body of a regex character class: every
+# character Python's str.isspace() or ECMA-262's \s calls whitespace (the two differ on
+# U+001C-U+001F, U+0085 and U+FEFF), and NUL. The handler and the OpenAPI pattern both use
+# this one list, so they cannot disagree on any character.
+EMAIL_FORBIDDEN = (
+    r"\u0000\t-\r\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+_EMAIL = re.compile(f"[^{EMAIL_FORBIDDEN}]*@[^{EMAIL_FORBIDDEN}]*")
+
 
 def text_problem(value: str) -> str | None:
     """Why ``value`` cannot be stored, or None."""
@@ -16,3 +27,8 @@ def text_problem(value: str) -> str | None:
     except UnicodeEncodeError:
         return "must be valid Unicode text (no lone surrogates)"
     return None
+
+
+def is_email(value: str) -> bool:
+    """Whether ``value`` is an address as the API takes it: an "@" and no whitespace or NUL."""
+    return _EMAIL.fullmatch(value) is not None

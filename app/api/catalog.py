@@ -18,7 +18,7 @@ from app.plans import PlanValidationError, parse_plan, plan_to_json
 from app.repo import customers as repo
 from app.repo.customers import CustomerRecord
 from app.responses import JSONResponse
-from app.text import text_problem
+from app.text import is_email, text_problem
 from app.timestamps import format_utc
 
 ADMIN = (Scope.ADMIN,)
@@ -63,7 +63,7 @@ async def put_customer(request: Request) -> Response:
         changes["name"] = _text_field(body, "name", 256)
     if "email" in body:
         email = _text_field(body, "email", 254)
-        if email is not None and ("@" not in email or any(c.isspace() for c in email)):
+        if email is not None and not is_email(email):
             raise validation_error("email", "email must be an email address")
         changes["email"] = email
     svc = services(request)

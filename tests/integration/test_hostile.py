@@ -9,7 +9,7 @@
 3. Exact totals: a Hypothesis-driven client of our own sends valid, invalid, duplicate and
    conflicting events (single and batch, key in body or header, any UTC offset) while the
    flusher moves usage to PostgreSQL; every answer and every total is checked exactly.
-4. Regression tests, one per bug the fuzzing found, marked ``xfail(strict=True)`` until fixed.
+4. Regression tests, one per bug the fuzzing found (all fixed).
 
 ``SCHEMATHESIS_MAX_EXAMPLES`` (default 15) scales the fuzzing and the model test for a soak;
 ``SCHEMATHESIS_SEED`` picks another fixed seed.
@@ -176,33 +176,6 @@ def exchange_of(response: schemathesis.Response) -> Exchange:
 
 
 # ---------------------------------------------------------------------------------------------
-# Known bugs: each is pinned by an xfail regression test below. The fuzzer drops failures they
-# explain (so it keeps looking for new ones); once a bug is fixed its xfail test XPASSes, which
-# fails the suite until the marker and the entry here are removed.
-
-
-@dataclass(frozen=True)
-class KnownBug:
-    test: str
-    matches: Callable[[Exchange], bool]
-
-
-KNOWN_BUGS = (
-    KnownBug(  # U+FEFF: whitespace to the schema's \S, not to str.isspace(): accepted
-        "test_email_schema_matches_the_handler",
-        lambda x: (
-            x.method == "PUT"
-            and x.status in (200, 201)
-            and (b"\\ufeff" in x.body.lower() or "\ufeff".encode() in x.body)
-        ),
-    ),
-)
-
-
-def known_bug(x: Exchange) -> str | None:
-    return next((bug.test for bug in KNOWN_BUGS if bug.matches(x)), None)
-
-
 # Rules a JSON Schema cannot state. A schema-valid request refused with 422 *only* for these is
 # not a positive_data_acceptance failure; anything else it refuses still is.
 INEXPRESSIBLE = (
@@ -212,8 +185,9 @@ INEXPRESSIBLE = (
     "differs from the Idempotency-Key header",  # body field vs header
     "used for a different event",  # idempotency_conflict: depends on earlier requests
     "hourly total would exceed",  # quantity_overflow: depends on earlier requests
-    "digits after the decimal point",  # JSON numbers (multipleOf 1e-6 is unsound on floats);
-    # in plans: the currency's minor units, which depend on another field
+    "digits after the decimal point",  # JSON numbers (multipleOf 1e-6 is unsound on floats)
+    # and money (the currency's minor units depend on another field); decimal strings' other
+    # places are in the schema's patterns
     "at most 4096 bytes as JSON",  # metadata size as serialised
     "differs from the path",  # body customer_id vs path
     "does not match the plan id in the path",  # body plan_id vs path
@@ -232,28 +206,13 @@ INEXPRESSIBLE = (
 )
 
 
-# Rules the schema could state but does not (schema bugs), each pinned by an xfail test.
-SCHEMA_GAPS = {
-    "must be greater than 0": "test_decimal_schemas_match_the_handlers",  # "0" as a string
-    "must be at most 1000000000": "test_decimal_schemas_match_the_handlers",  # quantity string
-    "is too large (at most": "test_decimal_schemas_match_the_handlers",  # plan numbers
-    "email must be an email address": "test_email_schema_matches_the_handler",  # \x1c-\x1f, \x85
-}
-
-
-def excused_rejection(x: Exchange) -> str | None:
-    """Why a schema-valid request may be refused: an inexpressible rule or a known schema gap."""
+def excused_rejection(x: Exchange) -> set[str]:
+    """The inexpressible rules a schema-valid request was refused for; empty if any other."""
     _, messages = error_details(x.response)
-    if x.status != 422 or not messages:
-        return None
-    gaps = set()
-    for message in messages:
-        gap = next((test for text, test in SCHEMA_GAPS.items() if text in message), None)
-        if gap is not None:
-            gaps.add(gap)
-        elif not any(rule in message for rule in INEXPRESSIBLE):
-            return None
-    return min(gaps) if gaps else "inexpressible rule"
+    if x.status != 422:
+        return set()
+    rules = [next((r for r in INEXPRESSIBLE if r in message), None) for message in messages]
+    return set() if None in rules else {r for r in rules if r is not None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,14 +256,11 @@ def run_schemathesis(schema: Any) -> FuzzReport:
 
     @schema.hook  # type: ignore[untyped-decorator]
     def filter_failure(context: Any, failure: Failure, case: Any, response: Any) -> bool:
-        x = exchange_of(response)
-        bug = known_bug(x)
-        if bug is None and failure.title == "Schema-valid request rejected":
-            bug = excused_rejection(x)
-        if bug is not None:
-            report.dropped[bug] += 1
-            return False
-        return True
+        if failure.title != "Schema-valid request rejected":
+            return True
+        rules = excused_rejection(exchange_of(response))
+        report.dropped.update(rules)
+        return not rules
 
     for event in engine.from_schema(schema).execute():
         if isinstance(event, events.ScenarioFinished):
@@ -422,7 +378,7 @@ def test_schemathesis_all_phases_all_checks(redis_url: str, database_url: str) -
 
     print(
         f"schemathesis: {len(app.exchanges)} requests, checks run {dict(report.checks)}, "
-        f"failures dropped as known/inexpressible {dict(report.dropped)}, "
+        f"failures dropped as inexpressible {dict(report.dropped)}, "
         f"{len(counted)} accepted (customer, resource, hour) buckets checked"
     )
     problems = [
@@ -431,7 +387,7 @@ def test_schemathesis_all_phases_all_checks(redis_url: str, database_url: str) -
     problems += report.errors
     crashes: dict[tuple[str, str, str | None], Exchange] = {}
     for x in app.exchanges:
-        if (x.crash or x.status >= 500) and known_bug(x) is None:
+        if x.crash or x.status >= 500:
             crashes.setdefault((x.method, x.path, x.crash), x)
     problems += [f"unexplained server error: {x.show()}" for x in list(crashes.values())[:10]]
     assert not problems, "\n\n".join(problems)
@@ -897,9 +853,8 @@ async def check_totals(http: httpx.AsyncClient, model: Model) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Regression tests for the bugs the fuzzing found. Each is xfail(strict=True): it turns into
-# an XPASS failure once the bug is fixed, so the marker (and the KNOWN_BUGS / SCHEMA_GAPS entry
-# that lets the fuzzer step over the bug) gets removed.
+# 4. Regression tests for the bugs the fuzzing found, all fixed. A new one gets a test here,
+# marked xfail(strict=True) until it is fixed if it cannot be fixed at once.
 
 USAGE_EVENT = b'{"customer_id":"c","resource_type":"r","quantity":1'
 HUGE = b"1e9999999999999999999"  # exponent beyond decimal.MAX_EMAX: Decimal() raises
@@ -1051,12 +1006,6 @@ def _package(size: object) -> dict[str, object]:
     return _plan(prices=[price])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schema bug: decimal-string branches (Quantity, DecimalInput, package_size) accept "
-    'values the handlers refuse ("0", quantity strings over 10^9, plan numbers of 13+ integer '
-    "digits); a regex/maximum can say each: positive_data_acceptance fails",
-)
 @pytest.mark.parametrize(
     ("component", "path", "body"),
     [
@@ -1065,12 +1014,25 @@ def _package(size: object) -> dict[str, object]:
         ("PlanInput", "/api/v1/plans/p-gap", _package("0")),
         ("PlanInput", "/api/v1/plans/p-gap", _plan(minimum_commitment="1000000000000")),
         ("PlanInput", "/api/v1/plans/p-gap", _plan(minimum_commitment=10**13)),
+        ("PlanInput", "/api/v1/plans/p-gap", _plan(minimum_commitment="-0")),
+        ("PlanInput", "/api/v1/plans/p-gap", _plan(minimum_commitment="999999999999.99")),
     ],
-    ids=["quantity-zero", "quantity-over-1e9", "package-size-zero", "money-13-digits", "money-int"],
+    ids=[
+        "quantity-zero",
+        "quantity-over-1e9",
+        "package-size-zero",
+        "money-13-digits",
+        "money-int",
+        "money-minus-zero",
+        "money-12-digits",
+    ],
 )
 async def test_decimal_schemas_match_the_handlers(
     app: Starlette, database_url: str, component: str, path: str, body: dict[str, object]
 ) -> None:
+    """Schemathesis found decimal strings the schema took and the handlers refused ("0",
+    quantities over 10^9, money of 13 integer digits); tests/unit/test_openapi_patterns.py
+    compares the two on thousands of values."""
     validator = await served_validator(app, lambda d: d["components"]["schemas"][component])
     method = "POST" if path == "/api/v1/usage" else "PUT"
     response = await call(app, database_url, method, path, json.dumps(body).encode())
@@ -1088,15 +1050,16 @@ async def test_period_schema_matches_the_handler(app: Starlette, database_url: s
     assert validator.is_valid("9999-01") == (response.status_code == 200), response.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schema bug: email pattern ^\\S*@\\S*$ and the handler's str.isspace() disagree on "
-    "whitespace (U+001C-U+001F, U+0085 pass the schema only; U+FEFF the handler only)",
+@pytest.mark.parametrize(
+    "email",
+    ["a@\u001c", "a@\u0085", "a@\ufeff", "a@\u0000", "a@\u00e9"],
+    ids=["x1c", "x85", "feff", "nul", "e-acute"],
 )
-@pytest.mark.parametrize("email", ["a@\u001c", "a@\u0085", "a@\ufeff"], ids=["x1c", "x85", "feff"])
 async def test_email_schema_matches_the_handler(
     app: Starlette, database_url: str, email: str
 ) -> None:
+    """The schema's \\S and the handler's str.isspace() disagreed on U+001C-U+001F, U+0085
+    and U+FEFF; both now refuse one explicit list of characters (app.text)."""
     validator = await served_validator(app, lambda d: d["components"]["schemas"]["CustomerInput"])
     body = {"email": email}
     response = await call(

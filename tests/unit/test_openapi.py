@@ -168,6 +168,7 @@ KEYWORDS = ANNOTATIONS | {
     "minimum",
     "maximum",
     "exclusiveMinimum",
+    "exclusiveMaximum",
     "anyOf",
     "oneOf",
 }
@@ -269,6 +270,8 @@ def problems(schema: dict[str, Any], value: Any, where: str = "$") -> list[str]:
             out.append(f"{where}: {value} > {schema['maximum']}")
         if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
             out.append(f"{where}: {value} <= {schema['exclusiveMinimum']}")
+        if "exclusiveMaximum" in schema and value >= schema["exclusiveMaximum"]:
+            out.append(f"{where}: {value} >= {schema['exclusiveMaximum']}")
     return out
 
 
@@ -378,6 +381,15 @@ def test_a_stored_plan_with_an_unnamed_discount_can_be_put_back() -> None:
         },
         {"discounts": [{"percent": "10", "amount": "1"}]},
         {"discounts": [{"percent": "101"}]},
+        {"discounts": [{"percent": "10.0000001"}]},
+        {
+            "prices": [
+                {"resource_type": "a", "model": "package", "package_size": "0", "package_price": 1}
+            ]
+        },
+        {"minimum_commitment": "1000000000000"},
+        {"minimum_commitment": 10**13},
+        {"minimum_commitment": "-0"},
     ],
 )
 def test_plans_the_schema_refuses_the_handler_refuses(change: dict[str, Any]) -> None:
