@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
 from app.api import billing, catalog, ops, usage
-from app.api.middleware import ObservabilityMiddleware
+from app.api.middleware import DatabaseBudgetMiddleware, ObservabilityMiddleware
 from app.auth import KeyCache
 from app.errors import EXCEPTION_HANDLERS
 from app.hotpath.client import check_redis, create_redis
@@ -109,6 +109,9 @@ def create_app(settings: Settings, *, run_flusher: bool = False) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
         middleware=[
-            Middleware(ObservabilityMiddleware, templates=templates, access_log=settings.access_log)
+            Middleware(
+                ObservabilityMiddleware, templates=templates, access_log=settings.access_log
+            ),
+            Middleware(DatabaseBudgetMiddleware, seconds=settings.database_timeout),
         ],
     )

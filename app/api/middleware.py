@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request ids, request metrics and access logs.
+"""Pure ASGI middleware: request ids, request metrics, access logs, the database budget.
 
 Pure ASGI (not BaseHTTPMiddleware) keeps the hot path to a few attribute reads and two
 metric updates per request. Routes are labelled by their template, found from the
@@ -17,6 +17,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import metrics
+from app.repo.deadline import database_budget
 
 log = structlog.get_logger("tally.http")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -75,3 +76,19 @@ class ObservabilityMiddleware:
                     duration_ms=round(elapsed * 1000, 3),
                 )
             structlog.contextvars.unbind_contextvars("request_id")
+
+
+class DatabaseBudgetMiddleware:
+    """Gives each HTTP request ``seconds`` for all its PostgreSQL work together
+    (:mod:`app.repo.deadline`): past it, the request answers 503."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with database_budget(self.seconds):
+            await self.app(scope, receive, send)

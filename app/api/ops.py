@@ -16,7 +16,7 @@ from app.hotpath.redis_errors import is_unavailable
 from app.metrics import metrics, render
 from app.openapi import openapi_document
 from app.repo import migrations, tenants
-from app.repo.errors import RepoError, translate
+from app.repo.errors import RepoError, translated
 from app.responses import JSONResponse
 from app.services import Services
 from app.worker.lag import measure_lag
@@ -42,17 +42,16 @@ async def _check_redis(svc: Services) -> str | None:
 
 
 async def _check_database(svc: Services) -> str | None:
+    # Bounded like every route's queries, by the request's database budget
+    # (TALLY_DATABASE_TIMEOUT, app.repo.deadline): connecting to a hung server included.
     try:
-        with anyio.fail_after(svc.settings.database_timeout + 0.5):
-            async with svc.pool.acquire() as conn:
-                if not svc.migrations_current:
-                    svc.migrations_current = await migrations.is_current(conn)
-                else:
-                    await conn.fetchval("SELECT 1")
-    except Exception as exc:
-        if isinstance(exc, TimeoutError) or translate(exc) is not None:
-            return f"postgresql: {type(exc).__name__}"
-        raise
+        async with translated(), svc.pool.acquire() as conn:
+            if not svc.migrations_current:
+                svc.migrations_current = await migrations.is_current(conn)
+            else:
+                await conn.fetchval("SELECT 1")
+    except RepoError as exc:
+        return f"postgresql: {type(exc.__cause__ or exc).__name__}"
     if not svc.migrations_current:
         return "postgresql: migrations are not current (run `tally migrate`)"
     return None
@@ -83,13 +82,11 @@ async def _tenant_names(svc: Services) -> list[str]:
     # down (with the last known list).
     now = time.monotonic()
     if now - svc.tenants_fetched_at > TENANT_CACHE_SECONDS:
-        try:
-            with anyio.fail_after(svc.settings.database_timeout):
-                svc.tenant_names = await tenants.list_tenants(svc.pool)
+        try:  # bounded by the request's database budget, like every query
+            svc.tenant_names = await tenants.list_tenants(svc.pool)
             svc.tenants_fetched_at = now
-        except Exception as exc:
-            if not (isinstance(exc, TimeoutError) or translate(exc) or isinstance(exc, RepoError)):
-                raise
+        except RepoError:
+            pass
     return svc.tenant_names
 
 

@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import anyio
 import asyncpg
+
+from app.repo.deadline import remaining
 
 
 class RepoError(Exception):
@@ -52,11 +55,22 @@ def translate(exc: BaseException) -> RepoError | None:
 
 @contextlib.asynccontextmanager
 async def translated() -> AsyncIterator[None]:
-    """Re-raise driver and network errors inside the block as :class:`RepoError`."""
+    """Re-raise driver and network errors inside the block as :class:`RepoError`.
+
+    Inside a budget (:func:`app.repo.deadline.database_budget`) the block is cancelled
+    when the budget is spent: :class:`DatabaseUnavailableError`, whichever asyncpg step was
+    waiting. Nested blocks share the one deadline.
+    """
+    left = remaining()
     try:
-        yield
+        with contextlib.nullcontext() if left is None else anyio.fail_after(left):
+            yield
     except RepoError:
         raise
+    except TimeoutError as exc:
+        spent = left is not None and (remaining() or 0.0) <= 0
+        reason = "time budget spent" if spent else "TimeoutError"
+        raise DatabaseUnavailableError(f"database unavailable ({reason})") from exc
     except Exception as exc:
         mapped = translate(exc)
         if mapped is None:

@@ -6,9 +6,10 @@ import asyncio
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 
 import asyncpg
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
@@ -219,3 +220,100 @@ async def test_flusher_killed_every_second_while_postgres_restarts(
     assert await cold_totals(postgres.url) == truth
     assert await leftovers(client) == []
     await client.aclose()
+
+
+async def test_frozen_postgres_answers_no_connection(
+    servers: tuple[RedisServer, PostgresServer],
+) -> None:
+    # Regression: freeze() stopped only the postmaster's process group, but every backend
+    # calls setsid(), so open connections went on answering and "frozen" froze nothing.
+    _, postgres = servers
+    conn = await asyncpg.connect(postgres.url)
+    try:
+        postgres.freeze()
+        try:
+            with pytest.raises(TimeoutError):
+                await conn.fetchval("SELECT 1", timeout=1)
+        finally:
+            postgres.thaw()
+    finally:
+        conn.terminate()
+    again = await asyncpg.connect(postgres.url)
+    assert await again.fetchval("SELECT 1") == 1
+    await again.close()
+
+
+# The contract: a 503 for an unavailable dependency is answered within 2 s.
+CONTRACT_SECONDS = 2.0
+
+
+async def _timed(request: Awaitable[httpx.Response]) -> tuple[int, float]:
+    started = time.monotonic()
+    response = await request
+    return response.status_code, time.monotonic() - started
+
+
+async def test_frozen_postgres_answers_503_within_two_seconds(
+    servers: tuple[RedisServer, PostgresServer],
+) -> None:
+    # A frozen (SIGSTOPped) server accepts connections and answers nothing, unlike a
+    # stopped one: every asyncpg wait (connect, statement, cancel request) runs to its
+    # time-out, and they used to add up to twice TALLY_DATABASE_TIMEOUT. The timeouts are
+    # the defaults: the 2 s must hold as shipped. A long key cache TTL keeps the admin key
+    # fresh, so each read's 503 comes from its own query.
+    redis, postgres = servers
+    settings = Settings.from_env(
+        {"REDIS_URL": redis.url, "DATABASE_URL": postgres.url, "TALLY_KEY_CACHE_TTL": "60"}
+    )
+    admin = await make_key(postgres.url, "acme", Scope.ADMIN)
+    uncached = await make_key(postgres.url, "acme", Scope.INGEST)
+    hour = time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime())
+    later = time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(time.time() + 7200))
+    reads = {
+        "bill": "/api/v1/billing/c-1",
+        "usage": f"/api/v1/usage/c-1?from={hour}&to={later}",
+        "catalog": "/api/v1/customers/c-1",
+    }
+    app = create_app(settings)
+    async with running(app), client_for(app, admin) as client:
+        assert (await client.put("/api/v1/customers/c-1", json={})).status_code == 201
+        assert (await client.post("/api/v1/usage", json=EVENT)).status_code == 202
+        for path in reads.values():  # the pool now holds a connection to the server
+            assert (await client.get(path)).status_code == 200
+        answers: dict[str, tuple[int, float]] = {}
+        postgres.freeze()
+        try:
+            # One at a time: the first waits on a statement, the next on new connections.
+            for name, path in reads.items():
+                answers[name] = await _timed(client.get(path))
+            answers["ingest, uncached key"] = await _timed(
+                client.post(
+                    "/api/v1/usage", json=EVENT, headers={"Authorization": f"Bearer {uncached}"}
+                )
+            )
+            answers["ready"] = await _timed(client.get("/ready"))
+            # More at once than the pool holds: some wait for a pooled connection.
+            burst = await asyncio.gather(
+                *(_timed(client.get(reads["bill"])) for _ in range(settings.database_pool_size + 2))
+            )
+            answers["bill, slowest of a burst"] = max(burst, key=lambda answer: answer[1])
+            assert {status for status, _ in burst} == {503}
+        finally:
+            postgres.thaw()
+        print(
+            ", ".join(
+                f"{name}: {status} in {took:.2f} s" for name, (status, took) in answers.items()
+            )
+        )
+        assert {name: status for name, (status, _) in answers.items()} == dict.fromkeys(
+            answers, 503
+        )
+        slow = {name: took for name, (_, took) in answers.items() if took >= CONTRACT_SECONDS}
+        assert not slow, f"503 later than {CONTRACT_SECONDS} s: {slow}"
+        # Thawed, every pooled connection works again: the ones cut off mid-query were
+        # cleaned up in the background (or are, before they are handed out).
+        bills = await asyncio.gather(
+            *(client.get(reads["bill"]) for _ in range(settings.database_pool_size + 2))
+        )
+        assert [bill.status_code for bill in bills] == [200] * len(bills), bills[0].text
+        assert {bill.json()["lines"][0]["quantity"] for bill in bills} == {"1"}
