@@ -23,6 +23,9 @@ Lookup = Callable[[str], Awaitable[KeyRecord | None]]
 # Unknown key ids are remembered briefly too, so a flood of bad keys does not reach the
 # database once per request.
 NEGATIVE_TTL = 1.0
+# After a failed refresh a cached key is served without asking again for this long: while
+# PostgreSQL hangs, every request would otherwise wait out the failing lookup.
+RETRY_AFTER_FAILURE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +68,10 @@ class KeyCache:
             record = await self._fetch(key_id)
         except DatabaseUnavailableError:
             if entry is not None and entry.record is not None:
-                return entry.record  # serve from the cache while PostgreSQL is down
+                # Serve from the cache while PostgreSQL is down; look again after a pause.
+                retry_at = time.monotonic() + min(self.ttl, RETRY_AFTER_FAILURE)
+                entry.fetched_at = retry_at - self.ttl
+                return entry.record
             raise
         self._entries[key_id] = _Entry(record, time.monotonic())
         return record
