@@ -52,12 +52,13 @@ async def read_customer_usage(
     first_hour: int,
     end_hour: int,
     *,
-    by_hour: bool = True,
+    monthly: bool = False,
 ) -> CustomerUsage:
     """Usage of hours ``[first_hour, end_hour)`` (hours since the epoch).
 
-    With ``by_hour=False`` (bills) flushed usage comes summed per resource type, labelled
-    with ``first_hour``: only :meth:`CustomerUsage.per_resource` is meaningful then.
+    With ``monthly=True`` (bills; the hours must be a UTC calendar month) flushed usage
+    comes summed per resource type, labelled with ``first_hour``: only
+    :meth:`CustomerUsage.per_resource` is meaningful then.
     """
     keys = TenantKeys(tenant)
     shard = shard_of(customer_id)
@@ -80,7 +81,7 @@ async def read_customer_usage(
         datetime.fromtimestamp(end_hour * 3600, tz=UTC),
         int(seq),
         int(pending_seq),
-        by_hour=by_hour,
+        monthly=monthly,
     )
     micro: dict[tuple[str, int], int] = defaultdict(int)
     sources = [hot] if cold.pending_committed else [hot, pending]

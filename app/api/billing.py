@@ -74,7 +74,7 @@ async def get_bill(request: Request) -> Response:
         customer_id,
         period.first_hour,
         period.end_hour,
-        by_hour=False,
+        monthly=True,
     )
     if not usage.exists:
         raise not_found("customer")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import Enum
 from typing import NamedTuple
@@ -41,6 +41,18 @@ class UsageRow(NamedTuple):
     quantity: Decimal
 
 
+# The slowest rate, in rows per second, at which a write of many rows is still waited for:
+# a statement writing n rows gets its base time-out plus n / WRITE_ROWS_PER_SECOND seconds.
+# A fixed time-out would fail a large flush (one that piled up while PostgreSQL was down)
+# on every retry, for ever; a frozen server is still noticed, later for larger writes.
+WRITE_ROWS_PER_SECOND = 5_000
+
+
+def write_timeout(base: float, rows: int) -> float:
+    """The time-out of a statement writing ``rows`` rows (see WRITE_ROWS_PER_SECOND)."""
+    return base + rows / WRITE_ROWS_PER_SECOND
+
+
 async def _no_checkpoint(name: str) -> None:
     return None
 
@@ -54,13 +66,16 @@ async def commit_flush(
     drained_at: datetime,
     rows: Sequence[UsageRow],
     checkpoint: Checkpoint = _no_checkpoint,
+    *,
+    statement_timeout: float,
 ) -> CommitOutcome:
     """Write a drained flush in one transaction, once.
 
     The flush row's primary key (tenant, shard, seq) is the idempotency: if it exists with
     the same flush id, an earlier attempt committed (a crash before the ack) and nothing is
     written again. The same seq with another flush id, or a higher seq already committed,
-    means Redis went back in time: :class:`SequenceAnomalyError`.
+    means Redis went back in time: :class:`SequenceAnomalyError`. ``statement_timeout``
+    is the time-out of its statements; the row copy gets more per row (:func:`write_timeout`).
     """
     async with translated(), pool.acquire() as conn, conn.transaction():
         inserted = await conn.fetchval(
@@ -111,53 +126,94 @@ async def commit_flush(
                     "seq",
                 ],
                 records=[(tenant, *row, shard, seq) for row in rows],
+                timeout=write_timeout(statement_timeout, len(rows)),
             )
         await checkpoint("after_insert")
     return CommitOutcome.COMMITTED
 
 
-async def rollup(pool: asyncpg.Pool, older_than: float, limit: int = 500) -> int:
-    """Fold the rows of flushes committed more than ``older_than`` seconds ago into one row
-    per (tenant, customer, resource type, hour) with seq 0; returns flushes folded.
+_ROLLUP_PICK = """
+    SELECT tenant, shard, seq, fields FROM (
+        SELECT tenant, shard, seq, fields,
+               sum(fields) OVER (ORDER BY committed_at, tenant, shard, seq) AS running
+        FROM (
+            SELECT tenant, shard, seq, fields, committed_at FROM flushes
+            WHERE NOT rolled_up AND committed_at < now() - make_interval(secs => $1)
+            ORDER BY committed_at
+            LIMIT $2
+        ) AS oldest
+    ) AS counted
+    WHERE running - fields < $3
+"""
 
-    One statement, so one transaction: a reader sees the rows either before or after.
+_ROLLUP_FOLD = """
+    WITH marked AS (
+        UPDATE flushes f SET rolled_up = true
+        FROM unnest($1::text[], $2::smallint[], $3::bigint[]) AS p (tenant, shard, seq)
+        WHERE f.tenant = p.tenant AND f.shard = p.shard AND f.seq = p.seq AND NOT f.rolled_up
+        RETURNING f.tenant, f.shard, f.seq
+    ), moved AS (
+        DELETE FROM usage_records u
+        USING marked m
+        WHERE u.tenant = m.tenant AND u.shard = m.shard AND u.seq = m.seq
+        RETURNING u.tenant, u.customer_id, u.resource_type, u.bucket_start, u.quantity
+    ), folded AS (
+        INSERT INTO usage_records
+            (tenant, customer_id, resource_type, bucket_start, quantity, shard, seq)
+        SELECT tenant, customer_id, resource_type, bucket_start, sum(quantity), 0, 0
+        FROM moved
+        GROUP BY tenant, customer_id, resource_type, bucket_start
+        ON CONFLICT (tenant, customer_id, resource_type, bucket_start) WHERE seq = 0
+        DO UPDATE SET quantity = usage_records.quantity + EXCLUDED.quantity
+        RETURNING 1
+    ), monthly AS (
+        INSERT INTO usage_monthly (tenant, customer_id, month, resource_type, quantity)
+        SELECT tenant, customer_id, date_trunc('month', bucket_start, 'UTC'),
+               resource_type, sum(quantity)
+        FROM moved
+        GROUP BY 1, 2, 3, 4
+        ON CONFLICT (tenant, customer_id, month, resource_type)
+        DO UPDATE SET quantity = usage_monthly.quantity + EXCLUDED.quantity
+        RETURNING 1
+    )
+    SELECT count(*) FROM marked
+"""
+
+
+async def rollup(
+    pool: asyncpg.Pool,
+    older_than: float,
+    limit: int = 500,
+    *,
+    max_rows: int = 20_000,
+    statement_timeout: float,
+) -> int:
+    """Fold the rows of flushes committed more than ``older_than`` seconds ago into one row
+    per (tenant, customer, resource type, hour) with seq 0, and add them to the monthly
+    totals (``usage_monthly``) bills read; returns flushes folded.
+
+    The oldest flushes first, at most ``limit`` of them and about ``max_rows`` rows (always
+    at least one flush), so one call stays short; call again while it returns > 0.
+
+    One data-changing statement: a reader sees the rows either before or after.
     Rolled-up rows are always counted by reads; the age keeps a read that saw a flush's
     seq as "not yet flushed" (a few ms earlier) from ever seeing its rows as seq 0.
+    ``statement_timeout`` is the time-out of its statements, plus :func:`write_timeout`'s
+    share for the rows moved.
     """
     async with translated(), pool.acquire() as conn, conn.transaction():
+        # One roll-up at a time: the picked flushes cannot be folded by another meanwhile.
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", 0x7A11_0002):
             return 0
+        picked = await conn.fetch(_ROLLUP_PICK, float(older_than), limit, max_rows)
+        if not picked:
+            return 0
         folded = await conn.fetchval(
-            """
-            WITH picked AS (
-                SELECT tenant, shard, seq FROM flushes
-                WHERE NOT rolled_up AND committed_at < now() - make_interval(secs => $1)
-                ORDER BY committed_at
-                LIMIT $2
-            ), marked AS (
-                UPDATE flushes f SET rolled_up = true
-                FROM picked p
-                WHERE f.tenant = p.tenant AND f.shard = p.shard AND f.seq = p.seq
-                RETURNING f.tenant, f.shard, f.seq
-            ), moved AS (
-                DELETE FROM usage_records u
-                USING marked m
-                WHERE u.tenant = m.tenant AND u.shard = m.shard AND u.seq = m.seq
-                RETURNING u.tenant, u.customer_id, u.resource_type, u.bucket_start, u.quantity
-            ), folded AS (
-                INSERT INTO usage_records
-                    (tenant, customer_id, resource_type, bucket_start, quantity, shard, seq)
-                SELECT tenant, customer_id, resource_type, bucket_start, sum(quantity), 0, 0
-                FROM moved
-                GROUP BY tenant, customer_id, resource_type, bucket_start
-                ON CONFLICT (tenant, customer_id, resource_type, bucket_start) WHERE seq = 0
-                DO UPDATE SET quantity = usage_records.quantity + EXCLUDED.quantity
-                RETURNING 1
-            )
-            SELECT count(*) FROM marked
-            """,
-            float(older_than),
-            limit,
+            _ROLLUP_FOLD,
+            [r["tenant"] for r in picked],
+            [r["shard"] for r in picked],
+            [r["seq"] for r in picked],
+            timeout=write_timeout(statement_timeout, 2 * sum(r["fields"] for r in picked)),
         )
     return int(folded or 0)
 
@@ -175,19 +231,14 @@ class ColdRead:
 
 
 _READ_COLD = """
-    WITH cold AS (
-        SELECT resource_type, {bucket} AS bucket_start, sum(quantity) AS quantity
-        FROM usage_records
-        WHERE tenant = $1 AND customer_id = $2
-          AND bucket_start >= $3 AND bucket_start < $4
-          AND (seq = 0 OR (shard = $5 AND seq <= $6))
-        GROUP BY {group}
-    )
+    WITH cold AS ({cold})
     SELECT
         EXISTS (SELECT 1 FROM flushes
                 WHERE tenant = $1 AND shard = $5 AND seq = $7) AS pending_committed,
-        EXISTS (SELECT 1 FROM usage_records
-                WHERE tenant = $1 AND customer_id = $2) AS any_usage,
+        (EXISTS (SELECT 1 FROM usage_records
+                 WHERE tenant = $1 AND customer_id = $2 AND seq = 0)
+         OR EXISTS (SELECT 1 FROM usage_records
+                    WHERE tenant = $1 AND customer_id = $2 AND seq > 0)) AS any_usage,
         c.customer_id IS NOT NULL AS customer_exists,
         c.plan_id,
         p.body::text AS plan_body,
@@ -199,9 +250,49 @@ _READ_COLD = """
     UNION ALL
     SELECT NULL, NULL, NULL, NULL, NULL, resource_type, bucket_start, quantity FROM cold
 """
-# Per hour for usage series; per resource type (one row each) for bills.
-_READ_COLD_BY_HOUR = _READ_COLD.format(bucket="bucket_start", group="resource_type, bucket_start")
-_READ_COLD_TOTALS = _READ_COLD.format(bucket="$3::timestamptz", group="resource_type")
+# Usage series: one row per (resource type, hour), from the two halves of the customer
+# index (rolled-up rows, and the flushes not rolled up yet: sql/0004).
+_READ_COLD_BY_HOUR = _READ_COLD.format(
+    cold="""
+        SELECT resource_type, bucket_start, sum(quantity) AS quantity
+        FROM (
+            SELECT resource_type, bucket_start, quantity FROM usage_records
+            WHERE tenant = $1 AND customer_id = $2
+              AND bucket_start >= $3 AND bucket_start < $4
+              AND seq = 0
+            UNION ALL
+            SELECT resource_type, bucket_start, quantity FROM usage_records
+            WHERE tenant = $1 AND customer_id = $2
+              AND bucket_start >= $3 AND bucket_start < $4
+              AND seq > 0 AND shard = $5 AND seq <= $6
+        ) AS parts
+        GROUP BY resource_type, bucket_start"""
+)
+# Bills: one row per resource type for the calendar month [$3, $4). The rolled-up part
+# comes from usage_monthly (one row per resource type), the flushes not rolled up yet from
+# their own partial index, so the cost does not grow with the hours of the month.
+_READ_COLD_MONTH = _READ_COLD.format(
+    cold="""
+        SELECT resource_type, $3::timestamptz AS bucket_start, sum(quantity) AS quantity
+        FROM (
+            SELECT resource_type, quantity FROM usage_monthly
+            WHERE tenant = $1 AND customer_id = $2 AND month = $3
+            UNION ALL
+            SELECT resource_type, quantity FROM usage_records
+            WHERE tenant = $1 AND customer_id = $2
+              AND bucket_start >= $3 AND bucket_start < $4
+              AND seq > 0 AND shard = $5 AND seq <= $6
+        ) AS parts
+        GROUP BY resource_type"""
+)
+
+
+def _is_calendar_month(start: datetime, end: datetime) -> bool:
+    first = start.astimezone(UTC)
+    following = (first.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return first == first.replace(day=1, hour=0, minute=0, second=0, microsecond=0) and (
+        end == following
+    )
 
 
 async def read_cold(
@@ -214,7 +305,7 @@ async def read_cold(
     seq: int,
     pending_seq: int,
     *,
-    by_hour: bool = True,
+    monthly: bool = False,
 ) -> ColdRead:
     """One statement: the customer's flushed rows in ``[start, end)`` visible under the
     read rule, whether the pending flush ``pending_seq`` is already committed, and the
@@ -223,12 +314,15 @@ async def read_cold(
     Read rule (design/hot-cold.md): rows of flushes with seq ≤ ``seq`` (the shard's seq
     when Redis was read) plus rolled-up rows (seq 0). Flushes drained after the Redis read
     have seq > ``seq`` and their units were counted from Redis, so they are left out.
-    With ``by_hour=False`` the quantities are summed per resource type in PostgreSQL and
-    labelled with ``start``: a month's bill reads a handful of rows, not one per hour.
+    With ``monthly=True`` the range must be a UTC calendar month; the quantities come
+    summed per resource type and labelled with ``start`` (what a bill needs), read from the
+    monthly totals plus the flushes not rolled up yet: a handful of rows, not one per hour.
     """
+    if monthly and not _is_calendar_month(start, end):
+        raise ValueError(f"a monthly read needs a calendar month, got [{start}, {end})")
     async with translated():
         rows = await pool.fetch(
-            _READ_COLD_BY_HOUR if by_hour else _READ_COLD_TOTALS,
+            _READ_COLD_MONTH if monthly else _READ_COLD_BY_HOUR,
             tenant,
             customer_id,
             start,

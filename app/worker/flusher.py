@@ -186,6 +186,7 @@ class Flusher:
             drained.drained_at,
             rows,
             self.checkpoint,
+            statement_timeout=self.settings.database_timeout,
         )
         await self.checkpoint("after_commit")
         async with redis_errors():
@@ -247,8 +248,14 @@ class Flusher:
         self.status.cycles += 1
         self.status.last_cycle_at = time.time()
         if time.monotonic() - self._last_rollup > ROLLUP_EVERY:
-            self._last_rollup = time.monotonic()
-            folded = await rollup(self.pool, self.settings.rollup_age)
+            folded = await rollup(
+                self.pool,
+                self.settings.rollup_age,
+                statement_timeout=self.settings.database_timeout,
+            )
+            # A roll-up folds a bounded batch: while it finds work, the next cycle rolls
+            # up again (so it keeps up with any flush rate); once idle, every ROLLUP_EVERY.
+            self._last_rollup = 0.0 if folded else time.monotonic()
             if folded:
                 log.info("flush.rolled_up", flushes=folded)
         return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import signal
 import time
@@ -15,8 +16,11 @@ import redis.asyncio as aioredis
 
 from app.apikeys import Scope
 from app.embedded import free_port
-from app.hotpath.keys import HEARTBEAT
+from app.hotpath.events import Event
+from app.hotpath.ingest import IdempotencyConfig, apply_events
+from app.hotpath.keys import HEARTBEAT, shard_of
 from app.repo.pool import create_pool
+from app.scripts import Scripts
 from app.settings import Settings
 from app.worker.faults import POINTS
 from app.worker.flusher import Flusher
@@ -216,3 +220,27 @@ async def test_standalone_flusher_serves_its_metrics(
         assert float(fields[0].split()[1]) > 0
     finally:
         kill(proc, signal.SIGTERM)
+
+
+async def test_a_flush_larger_than_the_timeout_allows_still_commits(
+    settings: Settings, redis: aioredis.Redis, tenant: str
+) -> None:
+    """A flush that piled up (PostgreSQL was down, a burst of new customers) takes longer
+    to copy than the statement time-out: its copy gets time per row, or it would fail on
+    every retry and never flush."""
+    settings = dataclasses.replace(settings, database_timeout=0.2)
+    scripts = Scripts.register(redis)
+    now = time.time_ns()
+    customers = [f"c{i}" for i in range(160_000) if shard_of(f"c{i}") == 0]
+    events = [Event(c, r, 1, now, False, None) for c in customers for r in ("api", "gb")]
+    assert len(events) >= 40_000  # at 100k rows/s: 0.4 s of copying, twice the time-out
+    for i in range(0, len(events), 1000):
+        await apply_events(scripts, tenant, events[i : i + 1000], IdempotencyConfig(86_400, 64))
+    pool = await create_pool(settings)
+    try:
+        results = await Flusher(settings, redis, pool).cycle()
+        assert [r.fields for r in results if r.fields] == [len(events)]
+        assert sum((await cold_totals(settings.database_url)).values()) == len(events)
+        assert await leftovers(redis) == []
+    finally:
+        await pool.close()

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -76,3 +79,31 @@ def test_bad_names_refused(tmp_path: object) -> None:
     (folder / "0003_gap.sql").write_text("SELECT 1;")
     with pytest.raises(ValueError, match="without gaps"):
         migrations.load_migrations(folder)
+
+
+async def test_monthly_totals_backfilled_from_rolled_up_rows(empty_db: str, tmp_path: Path) -> None:
+    """0004 fills usage_monthly from the rolled-up rows already there (UTC months)."""
+    for migration in migrations.load_migrations()[:3]:
+        (tmp_path / f"{migration.version:04d}_{migration.name}.sql").write_text(migration.sql)
+    conn = await asyncpg.connect(empty_db, server_settings={"timezone": "America/Los_Angeles"})
+    try:
+        await migrations.migrate(conn, tmp_path)
+        await conn.executemany(
+            """INSERT INTO usage_records
+                   (tenant, customer_id, resource_type, bucket_start, quantity, shard, seq)
+               VALUES ('t', 'c', 'api', $1, $2, $3, $4)""",
+            [
+                (datetime(2026, 1, 1, 0, tzinfo=UTC), Decimal("1.5"), 0, 0),
+                (datetime(2026, 1, 31, 23, tzinfo=UTC), Decimal(2), 0, 0),
+                (datetime(2026, 2, 1, 0, tzinfo=UTC), Decimal(4), 0, 0),
+                (datetime(2026, 2, 1, 1, tzinfo=UTC), Decimal(8), 5, 7),  # not rolled up
+            ],
+        )
+        await migrations.migrate(conn)
+        rows = await conn.fetch("SELECT month, quantity FROM usage_monthly ORDER BY month")
+    finally:
+        await conn.close()
+    assert [(r["month"], r["quantity"]) for r in rows] == [
+        (datetime(2026, 1, 1, tzinfo=UTC), Decimal("3.5")),
+        (datetime(2026, 2, 1, tzinfo=UTC), Decimal(4)),
+    ]

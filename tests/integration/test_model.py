@@ -1,5 +1,6 @@
-"""A stateful model test: random ingest, retries, crashes at each flush step and Redis
-restarts, with the exact bill checked against a model after every step.
+"""A stateful model test: random ingest, retries, crashes at each flush step, roll-ups and
+Redis restarts, with the exact usage and bill reads checked against a model after every
+step.
 
 Real Redis (AOF, appendfsync always, restarted by SIGKILL) and real PostgreSQL.
 """
@@ -27,10 +28,10 @@ from app.hotpath.ingest import IdempotencyConfig, Outcome, apply_events
 from app.hotpath.keys import SHARDS, TenantKeys
 from app.repo import tenants
 from app.repo.pool import create_pool
-from app.repo.usage import commit_flush
+from app.repo.usage import commit_flush, rollup
 from app.scripts import Scripts
 from app.settings import Settings
-from app.timestamps import hour_of
+from app.timestamps import Period, hour_of
 from app.usage_reads import read_customer_usage
 from app.worker.flusher import Flusher
 from app.worker.pending import Drained, read_pending
@@ -46,7 +47,9 @@ NOW = datetime.now(UTC).replace(minute=30, second=0, microsecond=0)
 HOURS = [NOW - timedelta(hours=h) for h in range(3)]
 FIRST_HOUR = hour_of(int((NOW - timedelta(days=2)).timestamp()) * 10**9)
 END_HOUR = FIRST_HOUR + 24 * 4
+MONTHS = sorted({Period.containing(h) for h in HOURS}, key=lambda p: p.start)
 
+TIMEOUT = 10.0  # statement time-outs of commits and roll-ups
 quantities = st.decimals(min_value=Decimal("0.000001"), max_value=Decimal(1000), places=6)
 
 
@@ -184,7 +187,14 @@ class TallyModel(RuleBasedStateMachine):
             assert drained is not None
             rows, _ = await read_pending(self.redis, keys, shard)
             await commit_flush(
-                self.pool, TENANT, shard, drained.seq, drained.flush_id, drained.drained_at, rows
+                self.pool,
+                TENANT,
+                shard,
+                drained.seq,
+                drained.flush_id,
+                drained.drained_at,
+                rows,
+                statement_timeout=TIMEOUT,
             )
 
         self.run(commit())
@@ -192,6 +202,11 @@ class TallyModel(RuleBasedStateMachine):
     @rule()
     def flush(self) -> None:
         self.run(self.flusher.cycle())
+
+    @rule()
+    def roll_up(self) -> None:
+        # Age 0: nothing reads concurrently here, so every committed flush may fold.
+        self.run(rollup(self.pool, older_than=0, statement_timeout=TIMEOUT))
 
     @rule()
     def restart_redis(self) -> None:
@@ -217,6 +232,22 @@ class TallyModel(RuleBasedStateMachine):
                 if self.truth[(customer, r)]
             }
             assert got == want, (customer, got, want)
+            # The bill's read: monthly totals plus unrolled flushes, month by month.
+            billed: Counter[str] = Counter()
+            for month in MONTHS:
+                bill = self.run(
+                    read_customer_usage(
+                        self.scripts,
+                        self.pool,
+                        TENANT,
+                        customer,
+                        month.first_hour,
+                        month.end_hour,
+                        monthly=True,
+                    )
+                )
+                billed.update(bill.per_resource())
+            assert dict(billed) == want, (customer, dict(billed), want)
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,12 @@
-"""The roll-up folds per-flush rows into one row per hour and keeps every total exact."""
+"""The roll-up folds per-flush rows into one row per hour, keeps the monthly totals bills
+read, and keeps every total exact."""
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import asyncpg
 import pytest
@@ -12,7 +14,7 @@ import redis.asyncio as aioredis
 
 from app.apikeys import Scope
 from app.repo.pool import create_pool
-from app.repo.usage import rollup
+from app.repo.usage import UsageRow, commit_flush, read_cold, rollup
 from app.scripts import Scripts
 from app.settings import Settings
 from app.timestamps import Period
@@ -21,16 +23,34 @@ from app.worker.flusher import Flusher
 from tests.integration.flush_helpers import Truth, cold_totals, ingest_random
 from tests.keys import make_key
 
+TIMEOUT = 10.0  # statement time-outs of commits and roll-ups
+
 
 @pytest.fixture
 async def tenant(database_url: str, redis: aioredis.Redis) -> str:
     await make_key(database_url, "acme", Scope.INGEST)
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("TRUNCATE usage_records, flushes")
+        await conn.execute("TRUNCATE usage_records, usage_monthly, flushes")
     finally:
         await conn.close()
     return "acme"
+
+
+async def assert_monthly_matches_rolled_rows(conn: asyncpg.Connection) -> None:
+    """usage_monthly's invariant: each UTC month's total of the seq = 0 rows."""
+    rolled = await conn.fetch(
+        """SELECT tenant, customer_id, resource_type, bucket_start, quantity
+           FROM usage_records WHERE seq = 0"""
+    )
+    expected: Counter[tuple[str, str, datetime, str]] = Counter()
+    for r in rolled:
+        month = r["bucket_start"].astimezone(UTC).replace(day=1, hour=0)
+        expected[(r["tenant"], r["customer_id"], month, r["resource_type"])] += r["quantity"]
+    monthly = await conn.fetch(
+        "SELECT tenant, customer_id, month, resource_type, quantity FROM usage_monthly"
+    )
+    assert {(r[0], r[1], r[2], r[3]): r[4] for r in monthly} == dict(expected)
 
 
 async def test_rollup_compacts_rows_and_keeps_totals(
@@ -50,14 +70,16 @@ async def test_rollup_compacts_rows_and_keeps_totals(
         bill_before = await read_customer_usage(
             scripts, pool, "acme", "cust:1", now.first_hour - 24 * 40, now.end_hour
         )
-        assert await rollup(pool, older_than=3600) == 0  # nothing is old enough yet
-        folded = await rollup(pool, older_than=0)
+        # Nothing is old enough yet.
+        assert await rollup(pool, older_than=3600, statement_timeout=TIMEOUT) == 0
+        folded = await rollup(pool, older_than=0, statement_timeout=TIMEOUT)
         assert folded == await conn.fetchval("SELECT count(*) FROM flushes")
         after_rows = await conn.fetchval("SELECT count(*) FROM usage_records")
         assert after_rows < before_rows
         assert after_rows == len(truth)  # one row per (customer, resource, hour)
         assert await conn.fetchval("SELECT count(*) FROM usage_records WHERE seq > 0") == 0
         assert await cold_totals(database_url) == truth
+        await assert_monthly_matches_rolled_rows(conn)
         bill_after = await read_customer_usage(
             scripts, pool, "acme", "cust:1", now.first_hour - 24 * 40, now.end_hour
         )
@@ -65,9 +87,134 @@ async def test_rollup_compacts_rows_and_keeps_totals(
         # Later flushes and a second roll-up merge into the rolled-up rows.
         await ingest_random(redis, truth, events=200, customers=5, rng=random.Random(9))
         await flusher.cycle()
-        await rollup(pool, older_than=0)
+        await rollup(pool, older_than=0, statement_timeout=TIMEOUT)
         assert await conn.fetchval("SELECT count(*) FROM usage_records") == len(truth)
         assert await cold_totals(database_url) == truth
+        await assert_monthly_matches_rolled_rows(conn)
         await conn.close()
+    finally:
+        await pool.close()
+
+
+async def test_monthly_totals_follow_utc_months_whatever_the_session_timezone(
+    database_url: str, tenant: str
+) -> None:
+    # A session at UTC+14: 2026-01-31 23:00Z is already February there, so a month taken in
+    # the session's zone would move January's last hour into February's bill.
+    pool = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=2, server_settings={"timezone": "Pacific/Kiritimati"}
+    )
+    assert pool is not None
+    january, february = Period.of_month(2026, 1), Period.of_month(2026, 2)
+    last_of_january = february.start - timedelta(hours=1)
+    rows = [
+        UsageRow("c-tz", "api", last_of_january, Decimal("1.5")),
+        UsageRow("c-tz", "api", february.start, Decimal("2.25")),
+        UsageRow("c-tz", "api", january.start, Decimal("4")),
+    ]
+    try:
+        await commit_flush(
+            pool, tenant, 3, 1, "f-1", datetime.now(UTC), rows, statement_timeout=TIMEOUT
+        )
+        seen = {}
+        for stage in ("before", "after"):
+            if stage == "after":
+                assert await rollup(pool, older_than=0, statement_timeout=TIMEOUT) == 1
+            for period in (january, february):
+                cold = await read_cold(
+                    pool, tenant, "c-tz", 3, period.start, period.end, 1, 0, monthly=True
+                )
+                seen[(stage, period.start.month)] = cold.buckets
+        expected = {
+            1: {("api", january.start): Decimal("5.5")},
+            2: {("api", february.start): Decimal("2.25")},
+        }
+        for stage in ("before", "after"):
+            assert {m: seen[(stage, m)] for m in (1, 2)} == expected, stage
+        async with pool.acquire() as conn:
+            await assert_monthly_matches_rolled_rows(conn)
+            assert await conn.fetchval("SELECT count(*) FROM usage_monthly") == 2
+    finally:
+        await pool.close()
+
+
+async def test_monthly_read_sees_unrolled_flushes_by_the_read_rule(
+    settings: Settings, database_url: str, tenant: str
+) -> None:
+    """Rolled-up months plus flushes not rolled up yet, filtered by the shard's seq."""
+    pool = await create_pool(settings)
+    period = Period.of_month(2026, 3)
+    hour = period.start + timedelta(hours=5)
+    try:
+        await commit_flush(
+            pool,
+            tenant,
+            2,
+            1,
+            "f-1",
+            hour,
+            [UsageRow("c-r", "api", hour, Decimal(1))],
+            statement_timeout=TIMEOUT,
+        )
+        assert await rollup(pool, older_than=0, statement_timeout=TIMEOUT) == 1
+        for seq, quantity in ((2, "10"), (3, "100")):
+            row = UsageRow("c-r", "api", hour, Decimal(quantity))
+            await commit_flush(
+                pool, tenant, 2, seq, f"f-{seq}", hour, [row], statement_timeout=TIMEOUT
+            )
+        # A read at seq s counts the rolled-up month and the shard's flushes up to s.
+        for seq, total in ((1, "1"), (2, "11"), (3, "111")):
+            cold = await read_cold(
+                pool, tenant, "c-r", 2, period.start, period.end, seq, 0, monthly=True
+            )
+            assert cold.buckets == {("api", period.start): Decimal(total)}, seq
+        with pytest.raises(ValueError, match="calendar month"):
+            await read_cold(
+                pool,
+                tenant,
+                "c-r",
+                2,
+                period.start,
+                period.end - timedelta(hours=1),
+                3,
+                0,
+                monthly=True,
+            )
+    finally:
+        await pool.close()
+
+
+async def test_rollup_folds_bounded_batches_oldest_first(
+    settings: Settings, database_url: str, tenant: str
+) -> None:
+    """About ``max_rows`` rows per call (at least one flush, however large), oldest first;
+    repeated calls fold everything and keep every total."""
+    pool = await create_pool(settings)
+    hour = Period.of_month(2026, 4).start
+    sizes = [3, 3, 3, 3, 3, 3, 12]
+    try:
+        for seq, size in enumerate(sizes, start=1):
+            rows = [UsageRow(f"c-{i}", "api", hour, Decimal(seq)) for i in range(size)]
+            await commit_flush(
+                pool, tenant, 1, seq, f"f-{seq}", hour, rows, statement_timeout=TIMEOUT
+            )
+        batches = []
+        while folded := await rollup(pool, 0, max_rows=7, statement_timeout=TIMEOUT):
+            batches.append(folded)
+        # A flush is taken while the rows before it in the batch are under 7: 3 + 3 + 3,
+        # 3 + 3 + 3, then the 12-row flush alone.
+        assert batches == [3, 3, 1]
+        conn = await asyncpg.connect(database_url)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM flushes WHERE NOT rolled_up") == 0
+            totals = dict(
+                await conn.fetch("SELECT customer_id, sum(quantity) FROM usage_records GROUP BY 1")
+            )
+            await assert_monthly_matches_rolled_rows(conn)
+        finally:
+            await conn.close()
+        assert totals == {f"c-{i}": Decimal(sum(range(1, 8))) for i in range(3)} | {
+            f"c-{i}": Decimal(7) for i in range(3, 12)
+        }
     finally:
         await pool.close()
