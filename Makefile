@@ -37,5 +37,11 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# 10 minutes (SOAK_SECONDS) of mixed load with a fault every SOAK_FAULT_EVERY seconds, exact
+# totals at the end, then a larger Schemathesis run; the report goes into docs/reliability.md.
+SOAK_HOSTILE_EXAMPLES ?= 200
+soak: $(STAMP)
+	$(BIN)/python -m tests.faults.soak --report docs/reliability.md --hostile-examples $(SOAK_HOSTILE_EXAMPLES)
+
 clean:
 	rm -rf $(VENV) .tally .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -9,6 +9,7 @@ final flush. PostgreSQL refuses to run as root, so as root it runs as ``nobody``
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import os
@@ -204,6 +205,27 @@ class RedisServer:
         self.stop()
 
 
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it, parents before children (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        # The command name may hold spaces and parentheses: the fields follow the last ')'.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
 def _as_unprivileged() -> tuple[int, int] | None:
     if os.geteuid() != 0:
         return None
@@ -369,8 +391,12 @@ class PostgresServer:
 
     def _signal_tree(self, sig: int) -> None:
         assert self.proc is not None
-        # The postmaster runs in its own session; its backends share its process group.
-        os.killpg(self.proc.pid, sig)
+        # Every backend calls setsid(), so the postmaster's process group holds only the
+        # postmaster: signal it first (a stopped postmaster forks no new backend), then
+        # each of its children.
+        for pid in descendants(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
     def __enter__(self) -> PostgresServer:
         return self.start()

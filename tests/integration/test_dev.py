@@ -12,25 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.embedded import free_port
+from app.embedded import descendants, free_port
 from tests.servers import scratch_dir
 
 pytestmark = pytest.mark.slow
-
-
-def _children_of(pid: int) -> set[int]:
-    found: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid:
-            found.add(int(entry.name))
-    return found
 
 
 def _alive(pid: int) -> bool:
@@ -69,7 +54,7 @@ def test_dev_starts_serves_and_stops_cleanly(sig: int) -> None:
             proc.kill()
             out, err = proc.communicate()
             pytest.fail(f"tally dev never became ready:\n{out}\n{err[-3000:]}")
-        servers = _children_of(proc.pid)
+        servers = set(descendants(proc.pid)) - {proc.pid}
         assert len(servers) >= 2  # redis and postgres
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)

@@ -1,0 +1,1 @@
+"""Fault-injection harness shared by the fault tests and the soak (``tests.faults.soak``)."""
