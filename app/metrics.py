@@ -99,7 +99,7 @@ class Metrics:
         )
         self.flush_failures = Counter(
             "tally_flush_failures_total",
-            "Flusher cycles that failed, by reason.",
+            "Flusher cycles (and roll-ups: reason=rollup) that failed, by reason.",
             ["reason"],
             registry=registry,
         )

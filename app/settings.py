@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from urllib.parse import urlsplit, urlunsplit
 
+# TALLY_ROLLUP_AGE is at least this many times the longest gap between a read's Redis and
+# PostgreSQL snapshots (the two time-outs): see Settings.from_env.
+ROLLUP_AGE_FACTOR = 10
+
 
 class SettingsError(ValueError):
     """A configuration value is missing or malformed; the message names the variable."""
@@ -94,6 +98,7 @@ class Settings:
     redis_max_connections: int = 64
     database_pool_size: int = 10
     rollup_age: float = 3600.0
+    rollup_interval: float = 60.0
     coalesce: bool = True
     access_log: str = "errors"
     workers: int = 1
@@ -126,7 +131,7 @@ class Settings:
                 ) from None
             if not rate_limit.is_finite() or rate_limit <= 0:
                 raise SettingsError(f"TALLY_RATE_LIMIT must be > 0, got {rate_raw!r}")
-        return cls(
+        settings = cls(
             redis_url=_url(env, "REDIS_URL", ("redis", "rediss", "unix"), require_urls),
             database_url=_url(env, "DATABASE_URL", ("postgresql", "postgres"), require_urls),
             flush_interval=_positive_seconds(env, "TALLY_FLUSH_INTERVAL", "10"),
@@ -141,6 +146,7 @@ class Settings:
             redis_max_connections=_positive_int(env, "TALLY_REDIS_MAX_CONNECTIONS", 64),
             database_pool_size=_positive_int(env, "TALLY_DATABASE_POOL_SIZE", 10),
             rollup_age=_positive_seconds(env, "TALLY_ROLLUP_AGE", "3600"),
+            rollup_interval=_positive_seconds(env, "TALLY_ROLLUP_INTERVAL", "60"),
             coalesce=_choice(env, "TALLY_INGEST_COALESCE", "on", ("on", "off")) == "on",
             access_log=_choice(env, "TALLY_ACCESS_LOG", "errors", ("all", "errors", "off")),
             workers=_positive_int(env, "TALLY_WORKERS", 1),
@@ -149,6 +155,16 @@ class Settings:
                 env, "TALLY_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
         )
+        # A bill read takes its Redis snapshot, then its PostgreSQL one at most the two
+        # time-outs later; a flush drained after the first must not be rolled up (into
+        # rows every read counts) before the second, or the read counts it twice.
+        floor = ROLLUP_AGE_FACTOR * (settings.redis_timeout + settings.database_timeout)
+        if settings.rollup_age < floor:
+            raise SettingsError(
+                f"TALLY_ROLLUP_AGE must be at least {ROLLUP_AGE_FACTOR} × (TALLY_REDIS_TIMEOUT"
+                f" + TALLY_DATABASE_TIMEOUT) = {floor:g} s, got {settings.rollup_age:g}"
+            )
+        return settings
 
     def with_urls(self, redis_url: str, database_url: str) -> Settings:
         """A copy pointing at other servers (``tally dev`` fills in its embedded ones)."""

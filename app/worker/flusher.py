@@ -42,7 +42,6 @@ log = structlog.get_logger("tally.flusher")
 
 Checkpoint = Callable[[str], Awaitable[None]]
 LEASE_SECONDS = 5
-ROLLUP_EVERY = 60.0
 CONCURRENT_SHARDS = 4
 
 
@@ -100,7 +99,8 @@ class Flusher:
         self.status = FlusherStatus()
         self._stop = anyio.Event()
         self._done = anyio.Event()
-        self._last_rollup = 0.0
+        # On time.monotonic()'s clock; 0 means due now.
+        self._rollup_due_at = 0.0
 
     # -- one shard ------------------------------------------------------------------
 
@@ -217,8 +217,9 @@ class Flusher:
 
     # -- a cycle --------------------------------------------------------------------
 
-    async def cycle(self, *, lease_wait: float = 0.0) -> list[ShardResult]:
-        """Flush every shard of every tenant once. Raises on outages and anomalies."""
+    async def cycle(self, *, lease_wait: float = 0.0, roll_up: bool = True) -> list[ShardResult]:
+        """Flush every shard of every tenant once, then roll up when due (``roll_up``).
+        Raises on outages and anomalies."""
         started = time.perf_counter()
         names = await tenants.list_tenants(self.pool)
         results: list[ShardResult] = []
@@ -247,18 +248,34 @@ class Flusher:
         m.flush_pending_age.set(lag.pending_age)
         self.status.cycles += 1
         self.status.last_cycle_at = time.time()
-        if time.monotonic() - self._last_rollup > ROLLUP_EVERY:
+        if roll_up:
+            await self._roll_up_when_due()
+        return results
+
+    async def _roll_up_when_due(self) -> None:
+        """Roll old flush rows up, at most every ``rollup_interval`` (and sooner while it
+        finds work). A failed roll-up is logged and counted, never a failed cycle: the
+        flush has committed, and the next interval tries again."""
+        if time.monotonic() < self._rollup_due_at:
+            return
+        # Set before the call: a roll-up that fails (or times out) waits a whole interval
+        # before the next try instead of running again every cycle.
+        self._rollup_due_at = time.monotonic() + self.settings.rollup_interval
+        try:
             folded = await rollup(
                 self.pool,
                 self.settings.rollup_age,
                 statement_timeout=self.settings.database_timeout,
             )
-            # A roll-up folds a bounded batch: while it finds work, the next cycle rolls
-            # up again (so it keeps up with any flush rate); once idle, every ROLLUP_EVERY.
-            self._last_rollup = 0.0 if folded else time.monotonic()
-            if folded:
-                log.info("flush.rolled_up", flushes=folded)
-        return results
+        except DatabaseUnavailableError as exc:
+            metrics().flush_failures.labels("rollup").inc()
+            log.warning("flush.rollup_failed", error=str(exc))
+            return
+        if folded:
+            # A roll-up folds a bounded batch: while it finds work the next cycle rolls up
+            # again, so it keeps up with any flush rate.
+            self._rollup_due_at = 0.0
+            log.info("flush.rolled_up", flushes=folded)
 
     async def _heartbeat(self) -> None:
         ttl = max(30, int(self.settings.flush_interval * 3) + 5)
@@ -279,7 +296,8 @@ class Flusher:
         """
         everything: list[ShardResult] = []
         for _ in range(10):
-            results = await self.cycle(lease_wait=lease_wait)
+            # No roll-up: --once and the final flush on shutdown only drain, and quickly.
+            results = await self.cycle(lease_wait=lease_wait, roll_up=False)
             everything += results
             if not any(r.fields or r.skipped for r in results):
                 break

@@ -13,15 +13,20 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 
+from app import metrics as metrics_module
 from app.apikeys import Scope
 from app.embedded import free_port
 from app.hotpath.events import Event
 from app.hotpath.ingest import IdempotencyConfig, apply_events
 from app.hotpath.keys import HEARTBEAT, shard_of
+from app.metrics import use_registry
+from app.repo.errors import DatabaseUnavailableError
 from app.repo.pool import create_pool
 from app.scripts import Scripts
 from app.settings import Settings
+from app.worker import flusher as flusher_module
 from app.worker.faults import POINTS
 from app.worker.flusher import Flusher
 from tests.integration.flush_helpers import (
@@ -41,7 +46,7 @@ async def tenant(database_url: str, redis: aioredis.Redis) -> str:
     await make_key(database_url, "acme", Scope.INGEST)
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("TRUNCATE usage_records, flushes")
+        await conn.execute("TRUNCATE usage_records, usage_monthly, flushes")
     finally:
         await conn.close()
     return "acme"
@@ -244,3 +249,52 @@ async def test_a_flush_larger_than_the_timeout_allows_still_commits(
         assert await leftovers(redis) == []
     finally:
         await pool.close()
+
+
+async def test_roll_up_runs_when_due_and_a_failed_one_waits_an_interval(
+    settings: Settings, redis: aioredis.Redis, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A roll-up that fails (say, times out on a huge backlog) is not a failed flush and is
+    not retried every cycle; one that folded something runs again next cycle; --once and
+    the final flush never roll up."""
+    interval = 2.0
+    settings = dataclasses.replace(settings, rollup_interval=interval)
+    outcomes: list[int | Exception] = [DatabaseUnavailableError("statement timed out"), 3, 0]
+    calls: list[float] = []
+
+    async def scripted_rollup(pool: asyncpg.Pool, older_than: float, **_: float) -> int:
+        calls.append(older_than)
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(flusher_module, "rollup", scripted_rollup)
+    saved = metrics_module._current
+    registry = CollectorRegistry()
+    use_registry(registry)
+    truth: Truth = Counter()
+    await ingest_random(redis, truth, events=200)
+    pool = await create_pool(settings)
+    try:
+        flusher = Flusher(settings, redis, pool)
+        await flusher.flush_all(lease_wait=1.0)
+        assert calls == []  # draining only
+        assert await cold_totals(settings.database_url) == truth
+
+        started = time.monotonic()
+        await flusher.cycle()  # due at start: the roll-up fails, the cycle does not
+        failed = registry.get_sample_value("tally_flush_failures_total", {"reason": "rollup"})
+        assert failed == 1.0
+        await flusher.cycle()
+        assert len(calls) == 1 or time.monotonic() - started >= interval  # not retried yet
+
+        await asyncio.sleep(max(0.0, started + interval - time.monotonic()) + 0.1)
+        await flusher.cycle()  # due again: folds 3 flushes
+        await flusher.cycle()  # found work: straight away again (finds none)
+        await flusher.cycle()  # idle: waits an interval
+        assert calls == [settings.rollup_age] * 3
+        assert outcomes == []
+    finally:
+        await pool.close()
+        metrics_module._current = saved

@@ -38,6 +38,7 @@ def test_decimal_interval_and_rate_limit() -> None:
         ("TALLY_RATE_LIMIT", "fast"),
         ("TALLY_IDEMPOTENCY_TTL", "12"),
         ("TALLY_IDEMPOTENCY_TTL", "1.5"),
+        ("TALLY_ROLLUP_INTERVAL", "0"),
         ("TALLY_LOG_FORMAT", "xml"),
         ("REDIS_URL", "http://localhost"),
         ("DATABASE_URL", "mysql://x"),
@@ -54,6 +55,19 @@ def test_urls_required(missing: str) -> None:
     with pytest.raises(SettingsError, match=missing):
         Settings.from_env(env)
     assert Settings.from_env(env, require_urls=False)
+
+
+def test_rollup_age_has_a_floor_of_ten_times_the_time_outs() -> None:
+    assert Settings.from_env(BASE).rollup_age == 3600.0
+    # Defaults: 10 × (1 + 1.5) = 25 s; exactly at the floor is accepted.
+    assert Settings.from_env({**BASE, "TALLY_ROLLUP_AGE": "25"}).rollup_age == 25.0
+    with pytest.raises(SettingsError, match=r"TALLY_ROLLUP_AGE must be at least .* = 25 s"):
+        Settings.from_env({**BASE, "TALLY_ROLLUP_AGE": "24.9"})
+    # Shorter time-outs allow a shorter age.
+    short = {**BASE, "TALLY_REDIS_TIMEOUT": "0.2", "TALLY_DATABASE_TIMEOUT": "0.3"}
+    assert Settings.from_env({**short, "TALLY_ROLLUP_AGE": "5"}).rollup_age == 5.0
+    with pytest.raises(SettingsError, match="TALLY_ROLLUP_AGE"):
+        Settings.from_env({**short, "TALLY_ROLLUP_AGE": "4"})
 
 
 def test_repr_masks_secrets() -> None:
