@@ -38,7 +38,7 @@ async def empty_cold_store(database_url: str, redis: aioredis.Redis) -> None:
     # sees Redis's flush sequence restart and halts.
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("TRUNCATE usage_records, flushes")
+        await conn.execute("TRUNCATE usage_records, usage_monthly, flushes")
     finally:
         await conn.close()
 

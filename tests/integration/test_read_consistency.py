@@ -14,6 +14,8 @@ from starlette.applications import Starlette
 
 from app.apikeys import Scope
 from app.hotpath.keys import HEARTBEAT
+from app.repo.pool import create_pool
+from app.repo.usage import rollup
 from app.settings import Settings
 from tests.http import client_for
 from tests.integration.flush_helpers import kill, run_flush, start_flush
@@ -45,6 +47,7 @@ async def test_bills_are_exact_while_a_crashing_flusher_drains(
     read = await make_key(database_url, "consistent", Scope.READ)
     conn = await asyncpg.connect(database_url)
     await conn.execute("DELETE FROM usage_records WHERE tenant = 'consistent'")
+    await conn.execute("DELETE FROM usage_monthly WHERE tenant = 'consistent'")
     await conn.close()
     ledger = Ledger()
     writing = True
@@ -125,10 +128,22 @@ async def test_bills_are_exact_while_a_crashing_flusher_drains(
         while writing:
             await restart_later()
 
+    async def roll_up() -> None:
+        # Flushes older than a second fold into rows every read counts (and the monthly
+        # totals bills read) while readers read: in-process reads take milliseconds, far
+        # under the age, as TALLY_ROLLUP_AGE's floor ensures in production.
+        pool = await create_pool(settings)
+        try:
+            while writing:
+                await rollup(pool, 1.0, limit=20, statement_timeout=5.0)
+                await asyncio.sleep(0.1)
+        finally:
+            await pool.close()
+
     try:
         tasks = [
             asyncio.create_task(t)
-            for t in (writer(1), writer(2), reader(), reader(), reader(), chaos())
+            for t in (writer(1), writer(2), reader(), reader(), reader(), chaos(), roll_up())
         ]
         await asyncio.sleep(6)
         writing = False
@@ -137,9 +152,13 @@ async def test_bills_are_exact_while_a_crashing_flusher_drains(
         assert reads > 50
         assert kills >= 3
         conn = await asyncpg.connect(database_url)
-        flushes = await conn.fetchval("SELECT count(*) FROM flushes WHERE tenant = 'consistent'")
+        flushes, rolled = await conn.fetchrow(
+            "SELECT count(*), count(*) FILTER (WHERE rolled_up) FROM flushes"
+            " WHERE tenant = 'consistent'"
+        )
         await conn.close()
         assert flushes >= 5  # the flusher really drained while readers read
+        assert rolled >= 1  # and flushes were rolled up while they read
 
         # Writers stopped: every read is exactly the acknowledged total, while the flusher
         # keeps draining and being killed.

@@ -39,7 +39,7 @@ async def test_serve_flushes_and_stops_on_sigterm(
     settings: Settings, redis: aioredis.Redis, database_url: str, workers: int
 ) -> None:
     conn = await asyncpg.connect(database_url)
-    await conn.execute("TRUNCATE usage_records, flushes")
+    await conn.execute("TRUNCATE usage_records, usage_monthly, flushes")
     await conn.close()
     key = await make_key(database_url, "served", Scope.INGEST)
     port = free_port()
