@@ -132,6 +132,9 @@ async def commit_flush(
     return CommitOutcome.COMMITTED
 
 
+# The roll-ups' advisory lock; migration 0004 takes it too.
+ROLLUP_LOCK = 0x7A11_0002
+
 _ROLLUP_PICK = """
     SELECT tenant, shard, seq, fields FROM (
         SELECT tenant, shard, seq, fields,
@@ -203,7 +206,13 @@ async def rollup(
     """
     async with translated(), pool.acquire() as conn, conn.transaction():
         # One roll-up at a time: the picked flushes cannot be folded by another meanwhile.
-        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", 0x7A11_0002):
+        # The setting tells migration 0004's trigger this roll-up keeps usage_monthly.
+        locked = await conn.fetchval(
+            "SELECT pg_try_advisory_xact_lock($1)"
+            " AND set_config('tally.rollup_keeps_monthly', 'on', true) = 'on'",
+            ROLLUP_LOCK,
+        )
+        if not locked:
             return 0
         picked = await conn.fetch(_ROLLUP_PICK, float(older_than), limit, max_rows)
         if not picked:

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from app.repo import migrations
+from app.repo.usage import ROLLUP_LOCK, rollup
 from tests.servers import PostgresCluster
 
 
@@ -107,3 +108,96 @@ async def test_monthly_totals_backfilled_from_rolled_up_rows(empty_db: str, tmp_
         (datetime(2026, 1, 1, tzinfo=UTC), Decimal("3.5")),
         (datetime(2026, 2, 1, tzinfo=UTC), Decimal(4)),
     ]
+
+
+# The roll-up of the code before migration 0004 (commit 7f2eaf1), which knows nothing of
+# usage_monthly: after 0004 it must fail rather than under-bill.
+_ROLLUP_BEFORE_0004 = """
+    WITH picked AS (
+        SELECT tenant, shard, seq FROM flushes
+        WHERE NOT rolled_up AND committed_at < now() - make_interval(secs => $1)
+        ORDER BY committed_at
+        LIMIT $2
+    ), marked AS (
+        UPDATE flushes f SET rolled_up = true
+        FROM picked p
+        WHERE f.tenant = p.tenant AND f.shard = p.shard AND f.seq = p.seq
+        RETURNING f.tenant, f.shard, f.seq
+    ), moved AS (
+        DELETE FROM usage_records u
+        USING marked m
+        WHERE u.tenant = m.tenant AND u.shard = m.shard AND u.seq = m.seq
+        RETURNING u.tenant, u.customer_id, u.resource_type, u.bucket_start, u.quantity
+    ), folded AS (
+        INSERT INTO usage_records
+            (tenant, customer_id, resource_type, bucket_start, quantity, shard, seq)
+        SELECT tenant, customer_id, resource_type, bucket_start, sum(quantity), 0, 0
+        FROM moved
+        GROUP BY tenant, customer_id, resource_type, bucket_start
+        ON CONFLICT (tenant, customer_id, resource_type, bucket_start) WHERE seq = 0
+        DO UPDATE SET quantity = usage_records.quantity + EXCLUDED.quantity
+        RETURNING 1
+    )
+    SELECT count(*) FROM marked
+"""
+
+
+async def test_a_roll_up_from_before_0004_fails_and_changes_nothing(empty_db: str) -> None:
+    conn = await asyncpg.connect(empty_db)
+    try:
+        await migrations.migrate(conn)
+        await conn.execute(
+            """INSERT INTO flushes (tenant, shard, seq, flush_id, fields, drained_at, committed_at)
+               VALUES ('t', 3, 1, 'f1', 1, now(), now() - interval '2 hours')"""
+        )
+        await conn.execute(
+            """INSERT INTO usage_records
+                   (tenant, customer_id, resource_type, bucket_start, quantity, shard, seq)
+               VALUES ('t', 'c', 'api', '2026-01-01T05:00:00Z', 7, 3, 1)"""
+        )
+        with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError, match="usage_monthly"):
+            await conn.fetchval(_ROLLUP_BEFORE_0004, 60.0, 10)
+        rows = await conn.fetch("SELECT quantity, shard, seq FROM usage_records")
+        assert [tuple(r) for r in rows] == [(Decimal(7), 3, 1)]
+        assert await conn.fetchval("SELECT count(*) FROM usage_monthly") == 0
+        assert not await conn.fetchval("SELECT rolled_up FROM flushes")
+        # The same data rolls up with today's roll-up, monthly total included.
+        pool = await asyncpg.create_pool(empty_db, min_size=1, max_size=1)
+        try:
+            assert await rollup(pool, 60.0, statement_timeout=5.0) == 1
+        finally:
+            await pool.close()
+        rows = await conn.fetch("SELECT quantity, shard, seq FROM usage_records")
+        assert [tuple(r) for r in rows] == [(Decimal(7), 0, 0)]
+        assert await conn.fetchval("SELECT sum(quantity) FROM usage_monthly") == Decimal(7)
+    finally:
+        await conn.close()
+
+
+async def test_0004_waits_for_a_running_roll_up(empty_db: str, tmp_path: Path) -> None:
+    """The backfill must see every rolled-up row: a roll-up holding its lock finishes
+    before 0004 reads them."""
+    for migration in migrations.load_migrations()[:3]:
+        (tmp_path / f"{migration.version:04d}_{migration.name}.sql").write_text(migration.sql)
+    conn = await asyncpg.connect(empty_db)
+    roller = await asyncpg.connect(empty_db)
+    try:
+        await migrations.migrate(conn, tmp_path)
+        async with roller.transaction():
+            assert await roller.fetchval("SELECT pg_try_advisory_xact_lock($1)", ROLLUP_LOCK)
+            migrating = asyncio.create_task(migrations.migrate(conn))
+            await asyncio.sleep(0.5)
+            assert not migrating.done()
+            # What the old roll-up was writing when 0004 started.
+            await roller.execute(
+                """INSERT INTO usage_records
+                       (tenant, customer_id, resource_type, bucket_start, quantity, shard, seq)
+                   VALUES ('t', 'c', 'api', '2026-03-04T05:00:00Z', 9, 0, 0)"""
+            )
+        applied = await asyncio.wait_for(migrating, 30)
+        assert applied[0].version == 4
+        total = await conn.fetchval("SELECT sum(quantity) FROM usage_monthly")
+        assert total == Decimal(9)
+    finally:
+        await roller.close()
+        await conn.close()
