@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import quote
 
+import asyncpg
 import redis.asyncio as aioredis
 
 from tests.faults.client import Cell, Client, micro, rfc3339
@@ -28,6 +29,8 @@ class Equality:
     cells: int
     events: int
     micro: int
+    # Flushes the flushers rolled up meanwhile (the bills read those as monthly totals).
+    rolled_up: int = 0
 
 
 def differences(truth: Counter[Cell], seen: Counter[Cell], where: str) -> list[str]:
@@ -112,6 +115,33 @@ def flush_once(d: Deployment) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+# Rows where usage_monthly is not the sum of its month's rolled-up (seq = 0) rows.
+_MONTHLY_MISMATCHES = """
+    SELECT tenant, customer_id, month, resource_type, m.quantity AS monthly, r.quantity AS rows
+    FROM usage_monthly m
+    FULL JOIN (
+        SELECT tenant, customer_id, date_trunc('month', bucket_start, 'UTC') AS month,
+               resource_type, sum(quantity) AS quantity
+        FROM usage_records WHERE seq = 0
+        GROUP BY 1, 2, 3, 4
+    ) r USING (tenant, customer_id, month, resource_type)
+    WHERE m.quantity IS DISTINCT FROM r.quantity
+"""
+
+
+async def assert_monthly_totals(database_url: str) -> int:
+    """usage_monthly holds the sum of the rolled-up rows, month by month; returns how many
+    flushes were rolled up."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        mismatches = await conn.fetch(_MONTHLY_MISMATCHES)
+        rolled = await conn.fetchval("SELECT count(*) FROM flushes WHERE rolled_up")
+    finally:
+        await conn.close()
+    assert [dict(r) for r in mismatches] == []
+    return int(rolled)
+
+
 async def assert_exact(d: Deployment, client: Client) -> Equality:
     """The read API before the flush, the cold store after it, the API again and the bills:
     each equal to the truth, cell by cell."""
@@ -124,4 +154,5 @@ async def assert_exact(d: Deployment, client: Client) -> Equality:
     assert_equal(truth, stored, "usage_records")
     assert_equal(truth, await api_cells(client), "usage API (flushed)")
     await assert_bills(client)
-    return Equality(cells=len(truth), events=client.events, micro=sum(truth.values()))
+    rolled = await assert_monthly_totals(d.env["DATABASE_URL"])
+    return Equality(len(truth), client.events, sum(truth.values()), rolled)

@@ -121,6 +121,10 @@ BASE_ENV = {
     "TALLY_REDIS_TIMEOUT": "0.5",
     "TALLY_DATABASE_TIMEOUT": "1",
     "TALLY_STARTUP_TIMEOUT": "20",
+    # The shortest age the time-outs above allow (10 × 1.5 s), rolling up every second:
+    # longer scenarios and the soak roll up under their faults, and bills read the totals.
+    "TALLY_ROLLUP_AGE": "15",
+    "TALLY_ROLLUP_INTERVAL": "1",
 }
 
 

@@ -120,7 +120,8 @@ def render(result: SoakResult) -> str:
             f"**exact**: {_int(e.cells)} (customer, resource, hour) cells, {_int(e.events)} "
             f"events, {Decimal(e.micro).scaleb(-6)} units: the truth = usage API before the "
             "final flush (hot + cold) = `usage_records` after it (nothing left in Redis) = "
-            "usage API = bills"
+            f"usage API = bills; {_int(e.rolled_up)} flushes rolled up meanwhile, the monthly "
+            "totals equal to their rows"
         )
     rows = [
         ("started", f"{r.started_at:%Y-%m-%d %H:%M} UTC, {platform.machine()}, {cores} cores"),
