@@ -392,9 +392,10 @@ class PostgresServer:
     def _signal_tree(self, sig: int) -> None:
         assert self.proc is not None
         # Every backend calls setsid(), so the postmaster's process group holds only the
-        # postmaster: signal it first (a stopped postmaster forks no new backend), then
-        # each of its children.
-        for pid in descendants(self.proc.pid):
+        # postmaster: signal it before looking for its children (a stopped postmaster forks
+        # no backend the scan could miss), then each of them.
+        os.kill(self.proc.pid, sig)
+        for pid in descendants(self.proc.pid)[1:]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
 

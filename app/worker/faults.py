@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable, Mapping
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 import anyio
 
@@ -30,8 +30,16 @@ def checkpoint_from_env(env: Mapping[str, str]) -> Callable[[str], Awaitable[Non
     """A checkpoint callable for :class:`app.worker.flusher.Flusher`."""
     crash_point, nth = _point("TALLY_FAULT_CRASH_AT", env.get("TALLY_FAULT_CRASH_AT", ""))
     pause_point, pause = _point("TALLY_FAULT_PAUSE_AT", env.get("TALLY_FAULT_PAUSE_AT", ""))
-    remaining = int(nth or "1")
-    pause_seconds = float(Decimal(pause or "0"))
+    try:
+        remaining = int(nth or "1")
+    except ValueError:
+        raise ValueError(f"TALLY_FAULT_CRASH_AT's count must be an integer, got {nth!r}") from None
+    try:
+        pause_seconds = float(Decimal(pause or "0"))
+    except InvalidOperation:
+        raise ValueError(
+            f"TALLY_FAULT_PAUSE_AT's seconds must be a number, got {pause!r}"
+        ) from None
 
     async def checkpoint(name: str) -> None:
         nonlocal remaining

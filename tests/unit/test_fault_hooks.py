@@ -30,3 +30,10 @@ def test_unknown_steps_are_refused() -> None:
         checkpoint_from_env({"TALLY_FAULT_PAUSE_AT": "before_lunch:1"})
     with pytest.raises(ValueError, match="TALLY_FAULT_CRASH_AT"):
         checkpoint_from_env({"TALLY_FAULT_CRASH_AT": "nowhere"})
+
+
+def test_malformed_arguments_are_refused_naming_the_variable() -> None:
+    with pytest.raises(ValueError, match="TALLY_FAULT_PAUSE_AT"):
+        checkpoint_from_env({"TALLY_FAULT_PAUSE_AT": "after_insert:soon"})
+    with pytest.raises(ValueError, match="TALLY_FAULT_CRASH_AT"):
+        checkpoint_from_env({"TALLY_FAULT_CRASH_AT": "after_insert:third"})
