@@ -4,6 +4,10 @@ The ingest path must not query PostgreSQL per request: a verified key is cached 
 ``ttl`` seconds (so a revocation is seen within that time). When PostgreSQL is down, a key
 already in the cache keeps working past its TTL (ingest survives the outage); a key that
 is not in the cache cannot be checked and gets 503, never 401.
+
+During an outage a request waits for a failing lookup at most once per key: after that
+the key is served from the cache at once and looked up again in the background (at most
+every RETRY_AFTER_FAILURE seconds) until PostgreSQL answers.
 """
 
 from __future__ import annotations
@@ -13,11 +17,15 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
+import structlog
+
 from app import apikeys
 from app.apikeys import Scope
 from app.errors import ApiError
 from app.repo.errors import DatabaseUnavailableError
 from app.repo.tenants import KeyRecord
+
+log = structlog.get_logger("tally.auth")
 
 Lookup = Callable[[str], Awaitable[KeyRecord | None]]
 # Unknown key ids are remembered briefly too, so a flood of bad keys does not reach the
@@ -42,6 +50,8 @@ class Principal:
 class _Entry:
     record: KeyRecord | None
     fetched_at: float
+    # The last lookup failed (PostgreSQL down): refresh in the background, serve the cache.
+    degraded: bool = False
 
 
 def _unauthorized(message: str = "missing or unknown API key") -> ApiError:
@@ -56,6 +66,8 @@ class KeyCache:
     ttl: float
     _entries: dict[str, _Entry] = field(default_factory=dict)
     _inflight: dict[str, asyncio.Future[KeyRecord | None]] = field(default_factory=dict)
+    # Background refreshes of degraded entries (referenced so they are not collected).
+    _refreshing: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def _record(self, key_id: str) -> KeyRecord | None:
         now = time.monotonic()
@@ -64,17 +76,42 @@ class KeyCache:
             fresh_for = self.ttl if entry.record is not None else NEGATIVE_TTL
             if now - entry.fetched_at < fresh_for:
                 return entry.record
+            if entry.degraded and entry.record is not None:
+                self._refresh_in_background(key_id, entry)
+                return entry.record
         try:
             record = await self._fetch(key_id)
         except DatabaseUnavailableError:
             if entry is not None and entry.record is not None:
-                # Serve from the cache while PostgreSQL is down; look again after a pause.
-                retry_at = time.monotonic() + min(self.ttl, RETRY_AFTER_FAILURE)
-                entry.fetched_at = retry_at - self.ttl
+                # Serve from the cache while PostgreSQL is down; look again after a pause,
+                # without making requests wait for it.
+                entry.degraded = True
+                self._pause(entry)
                 return entry.record
             raise
         self._entries[key_id] = _Entry(record, time.monotonic())
         return record
+
+    def _pause(self, entry: _Entry) -> None:
+        retry_at = time.monotonic() + min(self.ttl, RETRY_AFTER_FAILURE)
+        entry.fetched_at = retry_at - self.ttl
+
+    def _refresh_in_background(self, key_id: str, entry: _Entry) -> None:
+        self._pause(entry)  # one refresh per pause, however many requests come
+        task = asyncio.get_running_loop().create_task(self._refresh(key_id))
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+
+    async def _refresh(self, key_id: str) -> None:
+        try:
+            record = await self._fetch(key_id)
+        except DatabaseUnavailableError:
+            return  # still down: the entry stays degraded, tried again after the pause
+        except Exception:
+            # Not a request's error to answer; the entry stays degraded, tried again later.
+            log.exception("auth.key_refresh_failed", key_id=key_id)
+            return
+        self._entries[key_id] = _Entry(record, time.monotonic())
 
     async def _fetch(self, key_id: str) -> KeyRecord | None:
         pending = self._inflight.get(key_id)
