@@ -16,6 +16,7 @@ from app.apikeys import Scope
 from app.ids import id_problem
 from app.logs import configure_logging
 from app.repo import migrations, tenants
+from app.repo.pool import connect
 from app.settings import Settings, SettingsError
 
 
@@ -85,7 +86,7 @@ def _settings(require_urls: bool = True) -> Settings:
 
 async def run_migrate(settings: Settings) -> list[str]:
     """Apply pending migrations; return their names."""
-    conn = await asyncpg.connect(settings.database_url, timeout=settings.startup_timeout)
+    conn = await connect(settings)
     try:
         applied = await migrations.migrate(conn)
     finally:
@@ -103,7 +104,7 @@ async def create_key(
     if customer is not None and scope is not Scope.READ:
         raise CliError("--customer only applies to --scope read")
     new = apikeys.generate()
-    conn = await asyncpg.connect(settings.database_url, timeout=settings.startup_timeout)
+    conn = await connect(settings)
     try:
         await tenants.create_key(conn, tenant, scope, new, customer, name)
     finally:
@@ -113,7 +114,7 @@ async def create_key(
 
 async def _revoke(settings: Settings, key: str) -> bool:
     key_id = apikeys.key_id_of(key) or key
-    conn = await asyncpg.connect(settings.database_url, timeout=settings.startup_timeout)
+    conn = await connect(settings)
     try:
         return await tenants.revoke_key(conn, key_id)
     finally:

@@ -1,10 +1,15 @@
-"""The one asyncpg pool of a process."""
+"""The one asyncpg pool of a process, and single connections for one-off commands."""
 
 from __future__ import annotations
 
 import asyncpg
 
 from app.settings import Settings
+
+# Every connection's session is in UTC, whatever the server's or role's default TimeZone:
+# Tally's hours and months are UTC ones, and in a session TimeZone such as Asia/Kolkata
+# (+05:30) any expression that does not say 'UTC' would truncate to local hours.
+_UTC = {"TimeZone": "UTC"}
 
 
 async def _reset(conn: asyncpg.Connection) -> None:
@@ -31,8 +36,17 @@ async def create_pool(settings: Settings, *, min_size: int = 0) -> asyncpg.Pool:
         timeout=timeout,
         command_timeout=timeout,
         max_inactive_connection_lifetime=60.0,
-        server_settings={"application_name": "tally"},
+        server_settings={"application_name": "tally", **_UTC},
         reset=_reset,
     )
     assert pool is not None
     return pool
+
+
+async def connect(settings: Settings) -> asyncpg.Connection:
+    """One connection for a one-off command (migrate, keys), in UTC like the pool's."""
+    return await asyncpg.connect(
+        settings.database_url,
+        timeout=settings.startup_timeout,
+        server_settings=dict(_UTC),
+    )

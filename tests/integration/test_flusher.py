@@ -8,6 +8,8 @@ import random
 import signal
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from decimal import Decimal
 
 import asyncpg
 import httpx
@@ -22,10 +24,14 @@ from app.hotpath.events import Event
 from app.hotpath.ingest import IdempotencyConfig, apply_events
 from app.hotpath.keys import HEARTBEAT, shard_of
 from app.metrics import use_registry
+from app.quantities import from_micro
 from app.repo.errors import DatabaseUnavailableError
 from app.repo.pool import create_pool
+from app.repo.usage import rollup
 from app.scripts import Scripts
 from app.settings import Settings
+from app.timestamps import Period
+from app.usage_reads import read_customer_usage
 from app.worker import flusher as flusher_module
 from app.worker.faults import POINTS
 from app.worker.flusher import Flusher
@@ -39,6 +45,7 @@ from tests.integration.flush_helpers import (
     start_flush,
 )
 from tests.keys import make_key
+from tests.servers import PostgresCluster
 
 
 @pytest.fixture
@@ -298,3 +305,70 @@ async def test_roll_up_runs_when_due_and_a_failed_one_waits_an_interval(
     finally:
         await pool.close()
         metrics_module._current = saved
+
+
+@pytest.fixture
+async def kolkata_db(postgres: PostgresCluster) -> AsyncIterator[str]:
+    """A migrated database whose default TimeZone is Asia/Kolkata (+05:30), where a UTC
+    hour start is half past a local hour."""
+    url = await postgres.clone()
+    conn = await asyncpg.connect(url)
+    try:
+        name = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f"ALTER DATABASE \"{name}\" SET TimeZone = 'Asia/Kolkata'")
+    finally:
+        await conn.close()
+    yield url
+    await postgres.drop(url)
+
+
+async def test_flushes_and_bills_when_the_database_defaults_to_kolkata(
+    settings: Settings, redis: aioredis.Redis, kolkata_db: str
+) -> None:
+    """Whatever the server's or role's default TimeZone, Tally's sessions are in UTC: flushes
+    commit and bills read back exactly what was counted, before and after the roll-up."""
+    settings = dataclasses.replace(settings, database_url=kolkata_db)
+    await make_key(kolkata_db, "acme", Scope.INGEST)
+    truth: Truth = Counter()
+    await ingest_random(redis, truth, events=300, customers=3)
+    conn = await asyncpg.connect(kolkata_db)
+    try:
+        assert await conn.fetchval("SHOW TimeZone") == "Asia/Kolkata"
+    finally:
+        await conn.close()
+    scripts = Scripts.register(redis)
+    pool = await create_pool(settings)
+    try:
+        assert await pool.fetchval("SHOW TimeZone") == "UTC"
+        results = await Flusher(settings, redis, pool).cycle()
+        assert sum(r.fields for r in results) == len(truth)
+        assert await cold_totals(kolkata_db) == truth
+        assert await leftovers(redis) == []
+        hours: dict[str, dict[tuple[str, int], Decimal]] = {}
+        bills: dict[tuple[str, Period], dict[str, Decimal]] = {}
+        for (_, customer, resource, bucket), micro in truth.items():
+            hour = int(bucket.timestamp()) // 3600
+            hours.setdefault(customer, {})[(resource, hour)] = from_micro(micro)
+            bill = bills.setdefault((customer, Period.containing(bucket)), {})
+            bill[resource] = bill.get(resource, Decimal(0)) + from_micro(micro)
+        first = min(hour for buckets in hours.values() for _, hour in buckets)
+        last = max(hour for buckets in hours.values() for _, hour in buckets)
+        for stage in ("flushed", "rolled up"):
+            if stage == "rolled up":
+                assert await rollup(pool, older_than=0, statement_timeout=10.0) > 0
+            for customer, expected in hours.items():
+                usage = await read_customer_usage(scripts, pool, "acme", customer, first, last + 1)
+                assert usage.buckets == expected, (stage, customer)
+            for (customer, period), expected_bill in bills.items():
+                usage = await read_customer_usage(
+                    scripts,
+                    pool,
+                    "acme",
+                    customer,
+                    period.first_hour,
+                    period.end_hour,
+                    monthly=True,
+                )
+                assert usage.per_resource() == expected_bill, (stage, customer, period)
+    finally:
+        await pool.close()

@@ -201,3 +201,33 @@ async def test_0004_waits_for_a_running_roll_up(empty_db: str, tmp_path: Path) -
     finally:
         await roller.close()
         await conn.close()
+
+
+async def test_bucket_start_is_checked_in_utc_whatever_the_session_timezone(
+    empty_db: str, tmp_path: Path
+) -> None:
+    """0002's CHECK truncated to hours in the session's TimeZone: at +05:30 it refused every
+    UTC hour start (so every flush) and took half past as an hour. 0005 checks in UTC."""
+    for migration in migrations.load_migrations()[:4]:
+        (tmp_path / f"{migration.version:04d}_{migration.name}.sql").write_text(migration.sql)
+    utc_hour = datetime(2026, 11, 1, 10, tzinfo=UTC)  # 15:30 in Kolkata
+    kolkata_hour = datetime(2026, 11, 1, 10, 30, tzinfo=UTC)  # 16:00 in Kolkata
+    insert = """INSERT INTO usage_records
+                    (tenant, customer_id, resource_type, bucket_start, quantity, shard, seq)
+                VALUES ('t', 'c', 'api', $1, 1, 1, 1)"""
+    conn = await asyncpg.connect(empty_db, server_settings={"timezone": "Asia/Kolkata"})
+    try:
+        await migrations.migrate(conn, tmp_path)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(insert, utc_hour)
+        await conn.execute(insert, kolkata_hour)
+        await conn.execute("DELETE FROM usage_records")
+        applied = await migrations.migrate(conn)
+        assert applied[0].version == 5
+        await conn.execute(insert, utc_hour)
+        with pytest.raises(asyncpg.CheckViolationError, match="usage_records_bucket_start_utc"):
+            await conn.execute(insert, kolkata_hour)
+        rows = await conn.fetch("SELECT bucket_start FROM usage_records")
+    finally:
+        await conn.close()
+    assert [r["bucket_start"] for r in rows] == [utc_hour]
