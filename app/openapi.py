@@ -90,7 +90,10 @@ def _closed(properties: dict[str, Any], *required: str, **extra: Any) -> dict[st
 
 def _open(properties: dict[str, Any], *required: str, **extra: Any) -> dict[str, Any]:
     """A response object: every key listed, but clients must ignore keys added later."""
-    return {"type": "object", "required": list(required), "properties": properties, **extra}
+    shape: dict[str, Any] = {"type": "object", "properties": properties, **extra}
+    if required:  # OpenAPI 3.0's `required` must not be empty
+        shape["required"] = list(required)
+    return shape
 
 
 _PLAIN_DECIMAL = r"^[0-9]+(\.[0-9]+)?$"
@@ -318,9 +321,10 @@ _PLAN_SCHEMAS: dict[str, Any] = {
             },
             "discounts": {
                 "type": "array",
+                # No description on a discount that was given none (an empty one is not
+                # valid input, and the stored plan must parse back).
                 "items": _open(
-                    {"description": {"type": "string"}, "percent": _DECIMAL, "amount": _MONEY},
-                    "description",
+                    {"description": {"type": "string"}, "percent": _DECIMAL, "amount": _MONEY}
                 ),
             },
             "minimum_commitment": _MONEY,
