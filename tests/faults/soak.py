@@ -145,11 +145,15 @@ def run_hostile(examples: int) -> str:
         timeout=3600,
         check=False,
     )
-    tail = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "no output"
+    lines = done.stdout.strip().splitlines()
+    tail = lines[-1] if lines else "no output"
     verdict = "passed" if done.returncode == 0 else f"FAILED (exit {done.returncode})"
+    # Which tests failed (pytest's short summary), so the report says where to look.
+    failed = [line.split()[1] for line in lines if line.startswith("FAILED ")]
+    which = f"; failed: {', '.join(f'`{t}`' for t in failed)}" if failed else ""
     return (
         f"{verdict}: `SCHEMATHESIS_MAX_EXAMPLES={examples}` `tests/integration/test_hostile.py`"
-        f" — {tail.strip('= ')} ({time.monotonic() - started:.0f} s)"
+        f" — {tail.strip('= ')} ({time.monotonic() - started:.0f} s){which}"
     )
 
 
