@@ -4,7 +4,10 @@ One atomic Redis read (the customer's hot and pending fields with the shard's se
 numbers), then one PostgreSQL statement filtered by those numbers. Redis first, then
 PostgreSQL: whatever moves between the two reads moves from Redis to PostgreSQL with a
 seq the PostgreSQL read excludes, or is the pending flush, which is counted from exactly
-one side. Cost: the customer's own fields and rows in the range.
+one side. Rolled-up rows (seq 0) carry no seq to exclude: a flush drained after the Redis
+read must not be rolled up before the PostgreSQL read. TALLY_ROLLUP_AGE makes that rare;
+the statement tells when it happened anyway, and the read is made again.
+Cost: the customer's own fields and rows in the range.
 """
 
 from __future__ import annotations
@@ -15,12 +18,20 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import asyncpg
+import structlog
 
 from app.hotpath.keys import TenantKeys, as_text, shard_of, split_field
 from app.hotpath.redis_errors import redis_errors
 from app.quantities import from_micro
+from app.repo.deadline import remaining
+from app.repo.errors import DatabaseUnavailableError
 from app.repo.usage import read_cold
 from app.scripts import Scripts
+
+log = structlog.get_logger("tally.reads")
+# Reads made again at most this often when they raced a roll-up (each time needs a
+# roll-up of a flush drained during the read: practically never twice).
+READ_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,27 +73,37 @@ async def read_customer_usage(
     """
     keys = TenantKeys(tenant)
     shard = shard_of(customer_id)
-    async with redis_errors():
-        hot_flat, pending_flat, pending_seq, seq = await scripts.read(
-            keys=[
-                keys.hot(customer_id),
-                keys.pending(customer_id),
-                keys.meta(shard),
-                keys.seq(shard),
-            ],
+    for _ in range(READ_ATTEMPTS):
+        # Start the request's PostgreSQL budget before the Redis read: the PostgreSQL
+        # snapshot then follows the Redis one by at most the budget, however the event
+        # loop is delayed in between (TALLY_ROLLUP_AGE's floor rests on that).
+        remaining()
+        async with redis_errors():
+            hot_flat, pending_flat, pending_seq, seq = await scripts.read(
+                keys=[
+                    keys.hot(customer_id),
+                    keys.pending(customer_id),
+                    keys.meta(shard),
+                    keys.seq(shard),
+                ],
+            )
+        cold = await read_cold(
+            pool,
+            tenant,
+            customer_id,
+            shard,
+            datetime.fromtimestamp(first_hour * 3600, tz=UTC),
+            datetime.fromtimestamp(end_hour * 3600, tz=UTC),
+            int(seq),
+            int(pending_seq),
+            monthly=monthly,
         )
+        if not cold.raced_rollup:
+            break
+        log.warning("read.raced_rollup", tenant=tenant, shard=shard, seq=int(seq))
+    else:
+        raise DatabaseUnavailableError("the read kept racing roll-ups; try again")
     hot, pending = _pairs(hot_flat), _pairs(pending_flat)
-    cold = await read_cold(
-        pool,
-        tenant,
-        customer_id,
-        shard,
-        datetime.fromtimestamp(first_hour * 3600, tz=UTC),
-        datetime.fromtimestamp(end_hour * 3600, tz=UTC),
-        int(seq),
-        int(pending_seq),
-        monthly=monthly,
-    )
     micro: dict[tuple[str, int], int] = defaultdict(int)
     sources = [hot] if cold.pending_committed else [hot, pending]
     for fields in sources:

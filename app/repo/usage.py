@@ -233,6 +233,10 @@ class ColdRead:
 
     buckets: dict[tuple[str, datetime], Decimal]
     pending_committed: bool
+    # A flush drained after the Redis read (seq > the read's seq) is already rolled up in
+    # this snapshot: its units were counted from Redis and are in the rolled-up rows too.
+    # The read must be made again (TALLY_ROLLUP_AGE makes this rare, not impossible).
+    raced_rollup: bool
     any_usage: bool
     customer_exists: bool
     plan_id: str | None
@@ -244,6 +248,8 @@ _READ_COLD = """
     SELECT
         EXISTS (SELECT 1 FROM flushes
                 WHERE tenant = $1 AND shard = $5 AND seq = $7) AS pending_committed,
+        EXISTS (SELECT 1 FROM flushes
+                WHERE tenant = $1 AND shard = $5 AND seq > $6 AND rolled_up) AS raced,
         (EXISTS (SELECT 1 FROM usage_records
                  WHERE tenant = $1 AND customer_id = $2 AND seq = 0)
          OR EXISTS (SELECT 1 FROM usage_records
@@ -257,7 +263,7 @@ _READ_COLD = """
     LEFT JOIN customers c ON c.tenant = $1 AND c.customer_id = $2
     LEFT JOIN plans p ON p.tenant = c.tenant AND p.plan_id = c.plan_id
     UNION ALL
-    SELECT NULL, NULL, NULL, NULL, NULL, resource_type, bucket_start, quantity FROM cold
+    SELECT NULL, NULL, NULL, NULL, NULL, NULL, resource_type, bucket_start, quantity FROM cold
 """
 # Usage series: one row per (resource type, hour), from the two halves of the customer
 # index (rolled-up rows, and the flushes not rolled up yet: sql/0004).
@@ -345,6 +351,7 @@ async def read_cold(
     return ColdRead(
         buckets=buckets,
         pending_committed=first["pending_committed"],
+        raced_rollup=first["raced"],
         any_usage=first["any_usage"],
         customer_exists=first["customer_exists"],
         plan_id=first["plan_id"],

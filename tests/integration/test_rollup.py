@@ -7,14 +7,16 @@ import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from app import usage_reads
 from app.apikeys import Scope
 from app.repo.pool import create_pool
-from app.repo.usage import UsageRow, commit_flush, read_cold, rollup
+from app.repo.usage import ColdRead, UsageRow, commit_flush, read_cold, rollup
 from app.scripts import Scripts
 from app.settings import Settings
 from app.timestamps import Period
@@ -216,5 +218,49 @@ async def test_rollup_folds_bounded_batches_oldest_first(
         assert totals == {f"c-{i}": Decimal(sum(range(1, 8))) for i in range(3)} | {
             f"c-{i}": Decimal(7) for i in range(3, 12)
         }
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("monthly", [False, True])
+async def test_a_read_that_races_a_roll_up_is_made_again(
+    settings: Settings,
+    redis: aioredis.Redis,
+    tenant: str,
+    monkeypatch: pytest.MonkeyPatch,
+    monthly: bool,
+) -> None:
+    """A read delayed between its Redis and PostgreSQL snapshots (longer than
+    TALLY_ROLLUP_AGE) while the data it read hot is flushed and rolled up would count that
+    data twice; the statement notices and the read is made again."""
+    truth: Truth = Counter()
+    await ingest_random(redis, truth, events=300, customers=3, rng=random.Random(5))
+    pool = await create_pool(settings)
+    try:
+        flusher = Flusher(settings, redis, pool)
+        calls: list[int] = []
+        real_read_cold = read_cold
+
+        async def delayed(*args: Any, **kwargs: Any) -> ColdRead:
+            calls.append(args[6])  # the shard's seq at the Redis read
+            if len(calls) == 1:  # meanwhile: a flush, and its roll-up
+                await flusher.flush_all(lease_wait=1.0)
+                assert await rollup(pool, older_than=0, statement_timeout=TIMEOUT) >= 1
+            return await real_read_cold(*args, **kwargs)
+
+        monkeypatch.setattr(usage_reads, "read_cold", delayed)
+        period = Period.containing(datetime.now(UTC))
+        first, end = (period.first_hour, period.end_hour) if monthly else (0, period.end_hour)
+        usage = await read_customer_usage(
+            Scripts.register(redis), pool, "acme", "cust:0", first, end, monthly=monthly
+        )
+        assert len(calls) == 2  # made again...
+        assert calls[1] > calls[0]  # ...after the flush
+        expected: Counter[str] = Counter()
+        for (_, customer, resource, hour), micro in truth.items():
+            if customer == "cust:0" and first <= int(hour.timestamp()) // 3600 < end:
+                expected[resource] += micro
+        seen = {r: int(q * 1_000_000) for r, q in usage.per_resource().items()}
+        assert seen == dict(+expected)
     finally:
         await pool.close()
