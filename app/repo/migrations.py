@@ -82,7 +82,10 @@ async def migrate(conn: asyncpg.Connection, directory: Path | None = None) -> li
         for migration in wanted:
             if migration.version in done:
                 continue
-            async with conn.transaction():
+            # READ COMMITTED whatever the server's default: a statement that waits for a
+            # lock (0004 waits for a running roll-up) must then see what was committed
+            # meanwhile, not a snapshot taken before it waited.
+            async with conn.transaction(isolation="read_committed"):
                 await conn.execute(migration.sql)
                 await conn.execute(
                     "INSERT INTO tally_migrations (version, name) VALUES ($1, $2)",

@@ -174,12 +174,18 @@ async def test_a_roll_up_from_before_0004_fails_and_changes_nothing(empty_db: st
         await conn.close()
 
 
-async def test_0004_waits_for_a_running_roll_up(empty_db: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("isolation", ["read committed", "repeatable read"])
+async def test_0004_waits_for_a_running_roll_up(
+    empty_db: str, tmp_path: Path, isolation: str
+) -> None:
     """The backfill must see every rolled-up row: a roll-up holding its lock finishes
-    before 0004 reads them."""
+    before 0004 reads them — whatever the server's default isolation (under repeatable
+    read a snapshot taken before the wait would miss the roll-up's rows)."""
     for migration in migrations.load_migrations()[:3]:
         (tmp_path / f"{migration.version:04d}_{migration.name}.sql").write_text(migration.sql)
-    conn = await asyncpg.connect(empty_db)
+    conn = await asyncpg.connect(
+        empty_db, server_settings={"default_transaction_isolation": isolation}
+    )
     roller = await asyncpg.connect(empty_db)
     try:
         await migrations.migrate(conn, tmp_path)
