@@ -271,9 +271,15 @@ class Flusher:
             metrics().flush_failures.labels("rollup").inc()
             log.warning("flush.rollup_failed", error=str(exc))
             return
+        except Exception:
+            # Any other error too (a schema not migrated yet, a bug): the flushes are
+            # committed whatever happens here.
+            metrics().flush_failures.labels("rollup").inc()
+            log.exception("flush.rollup_error")
+            return
         if folded:
-            # A roll-up folds a bounded batch: while it finds work the next cycle rolls up
-            # again, so it keeps up with any flush rate.
+            # A roll-up folds a bounded batch (about 20,000 rows): while it finds work
+            # the next cycle rolls up again, one batch per flush interval.
             self._rollup_due_at = 0.0
             log.info("flush.rolled_up", flushes=folded)
 

@@ -372,3 +372,29 @@ async def test_flushes_and_bills_when_the_database_defaults_to_kolkata(
                 assert usage.per_resource() == expected_bill, (stage, customer, period)
     finally:
         await pool.close()
+
+
+async def test_a_roll_up_error_of_any_kind_is_not_a_failed_cycle(
+    settings: Settings, redis: aioredis.Redis, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """E.g. a flusher started before `tally migrate` (no usage_monthly yet), or migration
+    0004's guard refusing an old roll-up: the flush has committed either way."""
+
+    async def broken_rollup(pool: asyncpg.Pool, older_than: float, **_: float) -> int:
+        raise asyncpg.UndefinedTableError('relation "usage_monthly" does not exist')
+
+    monkeypatch.setattr(flusher_module, "rollup", broken_rollup)
+    saved = metrics_module._current
+    registry = CollectorRegistry()
+    use_registry(registry)
+    truth: Truth = Counter()
+    await ingest_random(redis, truth, events=100)
+    pool = await create_pool(settings)
+    try:
+        await Flusher(settings, redis, pool).cycle()
+        assert await cold_totals(settings.database_url) == truth
+        labels = {"reason": "rollup"}
+        assert registry.get_sample_value("tally_flush_failures_total", labels) == 1.0
+    finally:
+        await pool.close()
+        metrics_module._current = saved
