@@ -22,6 +22,7 @@ import structlog
 from app import apikeys
 from app.apikeys import Scope
 from app.errors import ApiError
+from app.repo.deadline import database_budget
 from app.repo.errors import DatabaseUnavailableError
 from app.repo.tenants import KeyRecord
 
@@ -64,6 +65,8 @@ class KeyCache:
 
     lookup: Lookup
     ttl: float
+    # A background refresh's PostgreSQL budget (a request's own lookups have the request's).
+    lookup_budget: float = 1.5
     _entries: dict[str, _Entry] = field(default_factory=dict)
     _inflight: dict[str, asyncio.Future[KeyRecord | None]] = field(default_factory=dict)
     # Background refreshes of degraded entries (referenced so they are not collected).
@@ -104,12 +107,17 @@ class KeyCache:
 
     async def _refresh(self, key_id: str) -> None:
         try:
-            record = await self._fetch(key_id)
+            # Its own budget: the task runs in a copy of the request's context, whose
+            # budget is the request's to spend.
+            with database_budget(self.lookup_budget):
+                record = await self._fetch(key_id)
         except DatabaseUnavailableError:
             return  # still down: the entry stays degraded, tried again after the pause
         except Exception:
-            # Not a request's error to answer; the entry stays degraded, tried again later.
+            # Not PostgreSQL being down: stop serving the cached key (it might have been
+            # revoked); the next request looks it up itself and gets the error.
             log.exception("auth.key_refresh_failed", key_id=key_id)
+            self._entries.pop(key_id, None)
             return
         self._entries[key_id] = _Entry(record, time.monotonic())
 

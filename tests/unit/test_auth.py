@@ -136,3 +136,30 @@ async def test_once_degraded_requests_never_wait_for_the_lookup(
         await cache.authenticate(bearer)
     assert refused.value.status == 401
     assert db.lookups == 5
+
+
+async def test_an_unexpected_refresh_error_stops_serving_the_cached_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only "PostgreSQL is down" keeps a degraded key in service: any other failure of
+    the background lookup drops it, and the next request looks the key up itself."""
+    key = apikeys.generate()
+    db = Database(key)
+    cache = KeyCache(db.lookup, ttl=5.0)
+    clock = [1000.0]
+    monkeypatch.setattr(auth_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    bearer = f"Bearer {key.text}"
+    await cache.authenticate(bearer)
+    db.down = True
+    clock[0] += 5.1
+    await cache.authenticate(bearer)  # degraded now
+
+    async def broken(key_id: str) -> KeyRecord | None:
+        raise RuntimeError("a bug in the lookup")
+
+    cache.lookup = broken
+    clock[0] += RETRY_AFTER_FAILURE + 0.01
+    await cache.authenticate(bearer)  # served; the background refresh fails oddly
+    await asyncio.sleep(0.01)
+    with pytest.raises(RuntimeError, match="a bug"):
+        await cache.authenticate(bearer)
