@@ -91,7 +91,7 @@ def _closed(properties: dict[str, Any], *required: str, **extra: Any) -> dict[st
 def _open(properties: dict[str, Any], *required: str, **extra: Any) -> dict[str, Any]:
     """A response object: every key listed, but clients must ignore keys added later."""
     shape: dict[str, Any] = {"type": "object", "properties": properties, **extra}
-    if required:  # OpenAPI 3.0's `required` must not be empty
+    if required:  # no `required: []` noise
         shape["required"] = list(required)
     return shape
 

@@ -158,11 +158,13 @@ class Settings:
         # A bill read takes its Redis snapshot, then its PostgreSQL one at most the two
         # time-outs later; a flush drained after the first must not be rolled up (into
         # rows every read counts) before the second, or the read counts it twice.
-        floor = ROLLUP_AGE_FACTOR * (settings.redis_timeout + settings.database_timeout)
-        if settings.rollup_age < floor:
+        # In Decimal: 10 × (0.1 + 0.2) is 3, not 3.0000000000000004.
+        timeouts = Decimal(str(settings.redis_timeout)) + Decimal(str(settings.database_timeout))
+        floor = ROLLUP_AGE_FACTOR * timeouts
+        if Decimal(str(settings.rollup_age)) < floor:
             raise SettingsError(
                 f"TALLY_ROLLUP_AGE must be at least {ROLLUP_AGE_FACTOR} × (TALLY_REDIS_TIMEOUT"
-                f" + TALLY_DATABASE_TIMEOUT) = {floor:g} s, got {settings.rollup_age:g}"
+                f" + TALLY_DATABASE_TIMEOUT) = {floor.normalize():f} s, got {settings.rollup_age:g}"
             )
         return settings
 

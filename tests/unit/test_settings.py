@@ -68,6 +68,9 @@ def test_rollup_age_has_a_floor_of_ten_times_the_time_outs() -> None:
     assert Settings.from_env({**short, "TALLY_ROLLUP_AGE": "5"}).rollup_age == 5.0
     with pytest.raises(SettingsError, match="TALLY_ROLLUP_AGE"):
         Settings.from_env({**short, "TALLY_ROLLUP_AGE": "4"})
+    # Exact arithmetic: 10 × (0.1 + 0.2) = 3 is accepted.
+    tenths = {**BASE, "TALLY_REDIS_TIMEOUT": "0.1", "TALLY_DATABASE_TIMEOUT": "0.2"}
+    assert Settings.from_env({**tenths, "TALLY_ROLLUP_AGE": "3"}).rollup_age == 3.0
 
 
 def test_repr_masks_secrets() -> None:
