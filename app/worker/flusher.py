@@ -254,13 +254,21 @@ class Flusher:
 
     async def _roll_up_when_due(self) -> None:
         """Roll old flush rows up, at most every ``rollup_interval`` (and sooner while it
-        finds work). A failed roll-up is logged and counted, never a failed cycle: the
-        flush has committed, and the next interval tries again."""
+        finds work)."""
         if time.monotonic() < self._rollup_due_at:
             return
         # Set before the call: a roll-up that fails (or times out) waits a whole interval
         # before the next try instead of running again every cycle.
         self._rollup_due_at = time.monotonic() + self.settings.rollup_interval
+        if await self.roll_up():
+            # A roll-up folds a bounded batch (about 20,000 rows): while it finds work
+            # the next cycle rolls up again, one batch per flush interval.
+            self._rollup_due_at = 0.0
+
+    async def roll_up(self) -> int:
+        """One bounded roll-up batch; returns the flushes folded. A failed roll-up is
+        logged and counted, never raised: the flushes have committed, and the next
+        interval tries again."""
         try:
             folded = await rollup(
                 self.pool,
@@ -270,18 +278,16 @@ class Flusher:
         except DatabaseUnavailableError as exc:
             metrics().flush_failures.labels("rollup").inc()
             log.warning("flush.rollup_failed", error=str(exc))
-            return
+            return 0
         except Exception:
             # Any other error too (a schema not migrated yet, a bug): the flushes are
             # committed whatever happens here.
             metrics().flush_failures.labels("rollup").inc()
             log.exception("flush.rollup_error")
-            return
+            return 0
         if folded:
-            # A roll-up folds a bounded batch (about 20,000 rows): while it finds work
-            # the next cycle rolls up again, one batch per flush interval.
-            self._rollup_due_at = 0.0
             log.info("flush.rolled_up", flushes=folded)
+        return folded
 
     async def _heartbeat(self) -> None:
         ttl = max(30, int(self.settings.flush_interval * 3) + 5)
@@ -302,7 +308,8 @@ class Flusher:
         """
         everything: list[ShardResult] = []
         for _ in range(10):
-            # No roll-up: --once and the final flush on shutdown only drain, and quickly.
+            # No roll-up here: the final flush on shutdown only drains, within its grace
+            # (--once rolls up one batch after draining: app.worker.main).
             results = await self.cycle(lease_wait=lease_wait, roll_up=False)
             everything += results
             if not any(r.fields or r.skipped for r in results):

@@ -66,10 +66,13 @@ async def _once(flusher: Flusher) -> int:
         log.error("flush.halted", reason=str(exc))
         print(f"tally flush: halted: {exc}", file=sys.stderr)
         return EXIT_HALTED
+    # One roll-up batch, so a deployment that only runs --once (from cron) rolls up too.
+    rolled_up = await flusher.roll_up()
     log.info(
         "flush.once_done",
         fields=sum(r.fields for r in results),
         flushes=sum(1 for r in results if r.committed),
+        rolled_up=rolled_up,
     )
     return EXIT_OK
 

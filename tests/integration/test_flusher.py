@@ -398,3 +398,26 @@ async def test_a_roll_up_error_of_any_kind_is_not_a_failed_cycle(
     finally:
         await pool.close()
         metrics_module._current = saved
+
+
+async def test_once_drains_then_rolls_up_old_flushes(
+    settings: Settings, redis: aioredis.Redis, tenant: str
+) -> None:
+    """A deployment that only runs `tally flush --once` (from cron) rolls up too."""
+    truth: Truth = Counter()
+    await ingest_random(redis, truth, events=200)
+    assert run_flush(settings, "--once").returncode == 0
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        # The first run's flushes are old enough now; the second run drains new usage.
+        await conn.execute("UPDATE flushes SET committed_at = now() - interval '2 hours'")
+        old = await conn.fetchval("SELECT count(*) FROM flushes")
+        await ingest_random(redis, truth, events=50, rng=random.Random(3))
+        done = run_flush(settings, "--once")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert await conn.fetchval("SELECT count(*) FROM flushes WHERE rolled_up") == old
+        assert await conn.fetchval("SELECT count(*) FROM flushes WHERE NOT rolled_up") > 0
+        assert await cold_totals(settings.database_url) == truth
+        assert await leftovers(redis) == []
+    finally:
+        await conn.close()
