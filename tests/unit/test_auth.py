@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import anyio
@@ -13,7 +14,7 @@ import pytest
 from app import apikeys
 from app import auth as auth_module
 from app.apikeys import Scope
-from app.auth import RETRY_AFTER_FAILURE, KeyCache
+from app.auth import RETRY_AFTER_FAILURE, KeyCache, Principal
 from app.errors import ApiError
 from app.repo.errors import DatabaseUnavailableError
 from app.repo.tenants import KeyRecord
@@ -47,39 +48,68 @@ class Database:
         return self.record if key_id == self.record.key_id else None
 
 
-async def test_a_failed_refresh_serves_the_cached_key_and_pauses_lookups(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@dataclass
+class Cached:
+    """A key, its table and a cache whose clock the test moves."""
+
+    db: Database
+    cache: KeyCache
+    bearer: str
+    clock: list[float]
+
+    def advance(self, seconds: float) -> None:
+        self.clock[0] += seconds
+
+    async def authenticate(self) -> Principal:
+        return await self.cache.authenticate(self.bearer)
+
+    async def degrade(self) -> None:
+        """Cache the key, take PostgreSQL down and let the entry expire: one request
+        waits for the failing lookup and the key is served from the cache after it."""
+        await self.authenticate()
+        self.db.down = True
+        self.advance(5.1)
+        await self.authenticate()
+
+
+@pytest.fixture
+def cached(monkeypatch: pytest.MonkeyPatch) -> Cached:
     key = apikeys.generate()
     db = Database(key)
-    cache = KeyCache(db.lookup, ttl=5.0)
     clock = [1000.0]
+    # Only the cache's clock: the event loop's must run for the tests' sleeps.
     monkeypatch.setattr(auth_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    bearer = f"Bearer {key.text}"
-    assert (await cache.authenticate(bearer)).tenant == "t"
+    return Cached(db, KeyCache(db.lookup, ttl=5.0), f"Bearer {key.text}", clock)
+
+
+async def test_a_failed_refresh_serves_the_cached_key_and_pauses_lookups(
+    cached: Cached,
+) -> None:
+    db = cached.db
+    assert (await cached.authenticate()).tenant == "t"
     assert db.lookups == 1
-    clock[0] += 4.9  # still fresh: no lookup
-    await cache.authenticate(bearer)
+    cached.advance(4.9)  # still fresh: no lookup
+    await cached.authenticate()
     assert db.lookups == 1
     db.down = True
-    clock[0] += 0.2  # stale: one lookup, it fails, the cached key is served
-    assert (await cache.authenticate(bearer)).tenant == "t"
+    cached.advance(0.2)  # stale: one lookup, it fails, the cached key is served
+    assert (await cached.authenticate()).tenant == "t"
     assert db.lookups == 2
     for _ in range(5):  # within the pause: served without asking PostgreSQL again
-        clock[0] += RETRY_AFTER_FAILURE / 10
-        await cache.authenticate(bearer)
+        cached.advance(RETRY_AFTER_FAILURE / 10)
+        await cached.authenticate()
     assert db.lookups == 2
-    clock[0] += RETRY_AFTER_FAILURE  # after it: asks again (still down, still served)
-    await cache.authenticate(bearer)
+    cached.advance(RETRY_AFTER_FAILURE)  # after it: asks again (still down, still served)
+    await cached.authenticate()
     await asyncio.sleep(0.01)  # the lookup runs in the background
     assert db.lookups == 3
     db.down = False
-    clock[0] += RETRY_AFTER_FAILURE + 0.01  # back up: refreshed, fresh for the full TTL
-    await cache.authenticate(bearer)
+    cached.advance(RETRY_AFTER_FAILURE + 0.01)  # back up: refreshed, fresh for the full TTL
+    await cached.authenticate()
     await asyncio.sleep(0.01)
     assert db.lookups == 4
-    clock[0] += 4.9
-    await cache.authenticate(bearer)
+    cached.advance(4.9)
+    await cached.authenticate()
     assert db.lookups == 4
 
 
@@ -95,71 +125,51 @@ async def test_an_unknown_key_while_down_is_503_not_401() -> None:
     assert refused.value.status == 401
 
 
-async def test_once_degraded_requests_never_wait_for_the_lookup(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_once_degraded_requests_never_wait_for_the_lookup(cached: Cached) -> None:
     """A hung PostgreSQL holds up at most one request per key: after the first failed
     lookup the cached key is served at once while lookups go on in the background."""
-    key = apikeys.generate()
-    db = Database(key)
-    cache = KeyCache(db.lookup, ttl=5.0)
-    clock = [1000.0]
-    # Only the cache's clock: the event loop's must run for the sleeps below.
-    monkeypatch.setattr(auth_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    bearer = f"Bearer {key.text}"
-    await cache.authenticate(bearer)
-    db.down = True
-    clock[0] += 5.1
-    await cache.authenticate(bearer)  # this one waited for the failing lookup
+    db = cached.db
+    await cached.degrade()  # the second request waited for the failing lookup
     assert db.lookups == 2
 
     hung = asyncio.Event()
     db.hang = hung
-    clock[0] += RETRY_AFTER_FAILURE + 0.01
+    cached.advance(RETRY_AFTER_FAILURE + 0.01)
     with anyio.fail_after(1):  # served without waiting for the hung lookup
         for _ in range(20):
-            assert (await cache.authenticate(bearer)).tenant == "t"
+            assert (await cached.authenticate()).tenant == "t"
     await asyncio.sleep(0)
     assert db.lookups == 3  # one background lookup for all twenty requests
     hung.set()  # it fails (still down): served from the cache, still degraded
     await asyncio.sleep(0.01)
     db.hang = None
     db.down = False
-    clock[0] += RETRY_AFTER_FAILURE + 0.01
-    await cache.authenticate(bearer)  # served at once; the refresh now succeeds
+    cached.advance(RETRY_AFTER_FAILURE + 0.01)
+    await cached.authenticate()  # served at once; the refresh now succeeds
     await asyncio.sleep(0.01)
     assert db.lookups == 4
     # Fresh again: a revocation is seen at the next refresh, made in the request as before.
     db.record = dataclasses.replace(db.record, revoked=True)
-    clock[0] += 5.1
+    cached.advance(5.1)
     with pytest.raises(ApiError) as refused:
-        await cache.authenticate(bearer)
+        await cached.authenticate()
     assert refused.value.status == 401
     assert db.lookups == 5
 
 
 async def test_an_unexpected_refresh_error_stops_serving_the_cached_key(
-    monkeypatch: pytest.MonkeyPatch,
+    cached: Cached,
 ) -> None:
     """Only "PostgreSQL is down" keeps a degraded key in service: any other failure of
     the background lookup drops it, and the next request looks the key up itself."""
-    key = apikeys.generate()
-    db = Database(key)
-    cache = KeyCache(db.lookup, ttl=5.0)
-    clock = [1000.0]
-    monkeypatch.setattr(auth_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    bearer = f"Bearer {key.text}"
-    await cache.authenticate(bearer)
-    db.down = True
-    clock[0] += 5.1
-    await cache.authenticate(bearer)  # degraded now
+    await cached.degrade()
 
     async def broken(key_id: str) -> KeyRecord | None:
         raise RuntimeError("a bug in the lookup")
 
-    cache.lookup = broken
-    clock[0] += RETRY_AFTER_FAILURE + 0.01
-    await cache.authenticate(bearer)  # served; the background refresh fails oddly
+    cached.cache.lookup = broken
+    cached.advance(RETRY_AFTER_FAILURE + 0.01)
+    await cached.authenticate()  # served; the background refresh fails oddly
     await asyncio.sleep(0.01)
     with pytest.raises(RuntimeError, match="a bug"):
-        await cache.authenticate(bearer)
+        await cached.authenticate()
