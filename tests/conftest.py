@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 
+from app import metrics as metrics_module
 from app.application import create_app
+from app.metrics import use_registry
 from app.settings import Settings
 from tests.servers import PostgresCluster, start_postgres, start_redis
 
@@ -24,6 +27,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.unit)
         else:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def registry() -> Iterator[CollectorRegistry]:
+    """A fresh metrics registry for the test (Tally's metrics() records into it)."""
+    saved = metrics_module._current
+    fresh = CollectorRegistry()
+    use_registry(fresh)
+    yield fresh
+    metrics_module._current = saved
 
 
 @pytest.fixture(scope="session")

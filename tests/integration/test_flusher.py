@@ -17,13 +17,11 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from app import metrics as metrics_module
 from app.apikeys import Scope
 from app.embedded import free_port
 from app.hotpath.events import Event
 from app.hotpath.ingest import IdempotencyConfig, apply_events
 from app.hotpath.keys import HEARTBEAT, shard_of
-from app.metrics import use_registry
 from app.quantities import from_micro
 from app.repo.errors import DatabaseUnavailableError
 from app.repo.pool import create_pool
@@ -259,7 +257,11 @@ async def test_a_flush_larger_than_the_timeout_allows_still_commits(
 
 
 async def test_roll_up_runs_when_due_and_a_failed_one_waits_an_interval(
-    settings: Settings, redis: aioredis.Redis, tenant: str, monkeypatch: pytest.MonkeyPatch
+    settings: Settings,
+    redis: aioredis.Redis,
+    tenant: str,
+    monkeypatch: pytest.MonkeyPatch,
+    registry: CollectorRegistry,
 ) -> None:
     """A roll-up that fails (say, times out on a huge backlog) is not a failed flush and is
     not retried every cycle; one that folded something runs again next cycle; --once and
@@ -277,9 +279,6 @@ async def test_roll_up_runs_when_due_and_a_failed_one_waits_an_interval(
         return outcome
 
     monkeypatch.setattr(flusher_module, "rollup", scripted_rollup)
-    saved = metrics_module._current
-    registry = CollectorRegistry()
-    use_registry(registry)
     truth: Truth = Counter()
     await ingest_random(redis, truth, events=200)
     pool = await create_pool(settings)
@@ -304,7 +303,6 @@ async def test_roll_up_runs_when_due_and_a_failed_one_waits_an_interval(
         assert outcomes == []
     finally:
         await pool.close()
-        metrics_module._current = saved
 
 
 @pytest.fixture
@@ -375,7 +373,11 @@ async def test_flushes_and_bills_when_the_database_defaults_to_kolkata(
 
 
 async def test_a_roll_up_error_of_any_kind_is_not_a_failed_cycle(
-    settings: Settings, redis: aioredis.Redis, tenant: str, monkeypatch: pytest.MonkeyPatch
+    settings: Settings,
+    redis: aioredis.Redis,
+    tenant: str,
+    monkeypatch: pytest.MonkeyPatch,
+    registry: CollectorRegistry,
 ) -> None:
     """E.g. a flusher started before `tally migrate` (no usage_monthly yet), or migration
     0004's guard refusing an old roll-up: the flush has committed either way."""
@@ -384,9 +386,6 @@ async def test_a_roll_up_error_of_any_kind_is_not_a_failed_cycle(
         raise asyncpg.UndefinedTableError('relation "usage_monthly" does not exist')
 
     monkeypatch.setattr(flusher_module, "rollup", broken_rollup)
-    saved = metrics_module._current
-    registry = CollectorRegistry()
-    use_registry(registry)
     truth: Truth = Counter()
     await ingest_random(redis, truth, events=100)
     pool = await create_pool(settings)
@@ -397,7 +396,6 @@ async def test_a_roll_up_error_of_any_kind_is_not_a_failed_cycle(
         assert registry.get_sample_value("tally_flush_failures_total", labels) == 1.0
     finally:
         await pool.close()
-        metrics_module._current = saved
 
 
 async def test_once_drains_then_rolls_up_old_flushes(

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -18,10 +17,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
-from app import metrics as metrics_module
 from app.apikeys import Scope
 from app.embedded import free_port
-from app.metrics import Metrics, use_registry
+from app.metrics import Metrics
 from app.repo.pool import create_pool
 from app.settings import Settings
 from app.worker.flusher import Flusher
@@ -41,15 +39,6 @@ async def empty_cold_store(database_url: str, redis: aioredis.Redis) -> None:
         await conn.execute("TRUNCATE usage_records, usage_monthly, flushes")
     finally:
         await conn.close()
-
-
-@pytest.fixture
-def registry() -> Iterator[CollectorRegistry]:
-    saved = metrics_module._current
-    fresh = CollectorRegistry()
-    use_registry(fresh)
-    yield fresh
-    metrics_module._current = saved
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
