@@ -23,7 +23,7 @@ import structlog
 from app.hotpath.keys import TenantKeys, as_text, shard_of, split_field
 from app.hotpath.redis_errors import redis_errors
 from app.quantities import from_micro
-from app.repo.deadline import remaining
+from app.repo.deadline import start_clock
 from app.repo.errors import DatabaseUnavailableError
 from app.repo.usage import read_cold
 from app.scripts import Scripts
@@ -77,7 +77,7 @@ async def read_customer_usage(
         # Start the request's PostgreSQL budget before the Redis read: the PostgreSQL
         # snapshot then follows the Redis one by at most the budget, however the event
         # loop is delayed in between (TALLY_ROLLUP_AGE's floor rests on that).
-        remaining()
+        start_clock()
         async with redis_errors():
             hot_flat, pending_flat, pending_seq, seq = await scripts.read(
                 keys=[

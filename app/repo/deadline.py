@@ -8,11 +8,14 @@ whatever asyncpg is doing. Cancelling the caller is safe: asyncpg shields the po
 release, which finishes (or terminates the connection) in the background.
 
 The clock starts at the first database operation, not when the budget is set: the time a
-client takes to upload a body, or a Redis read before the query, is not PostgreSQL's.
+client takes to upload a body is not PostgreSQL's. A caller can start it earlier
+(:func:`start_clock`): the exact reads do, before their Redis read, so their PostgreSQL
+snapshot follows the Redis one by at most the budget.
 
 The budget lives in a context variable, so it follows the request through every call
-without being passed down, and tasks started elsewhere (the flusher, whose commits have
-time-outs of their own) never see it.
+without being passed down. Tasks started elsewhere (the flusher, whose commits have
+time-outs of their own) never see it; a task a request starts inherits it, unless it
+sets its own (the key cache's background refresh does).
 """
 
 from __future__ import annotations
@@ -60,3 +63,8 @@ def remaining() -> float | None:
         # Not ``deadline - now``: in floating point that can come out above the budget.
         return budget.seconds
     return budget.deadline - now
+
+
+def start_clock() -> None:
+    """Start the current budget's clock now, if it has not started (no-op outside one)."""
+    remaining()

@@ -200,7 +200,8 @@ async def rollup(
 
     One data-changing statement: a reader sees the rows either before or after.
     Rolled-up rows are always counted by reads; the age keeps a read that saw a flush's
-    seq as "not yet flushed" (a few ms earlier) from ever seeing its rows as seq 0.
+    seq as "not yet flushed" (a few ms earlier) from seeing its rows as seq 0, and a read
+    that does anyway knows it (:attr:`ColdRead.raced_rollup`) and reads again.
     ``statement_timeout`` is the time-out of its statements, plus :func:`write_timeout`'s
     share for the rows moved.
     """

@@ -275,15 +275,13 @@ class Flusher:
                 self.settings.rollup_age,
                 statement_timeout=self.settings.database_timeout,
             )
-        except DatabaseUnavailableError as exc:
+        except Exception as exc:
+            # An outage, and any other error too (a schema not migrated yet, a bug).
             metrics().flush_failures.labels("rollup").inc()
-            log.warning("flush.rollup_failed", error=str(exc))
-            return 0
-        except Exception:
-            # Any other error too (a schema not migrated yet, a bug): the flushes are
-            # committed whatever happens here.
-            metrics().flush_failures.labels("rollup").inc()
-            log.exception("flush.rollup_error")
+            if isinstance(exc, DatabaseUnavailableError):
+                log.warning("flush.rollup_failed", error=str(exc))
+            else:
+                log.exception("flush.rollup_error")
             return 0
         if folded:
             log.info("flush.rolled_up", flushes=folded)

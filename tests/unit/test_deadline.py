@@ -10,7 +10,7 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from app.api.middleware import DatabaseBudgetMiddleware
-from app.repo.deadline import database_budget, remaining
+from app.repo.deadline import database_budget, remaining, start_clock
 from app.repo.errors import DatabaseUnavailableError, translated
 
 BUDGET = 0.2
@@ -40,6 +40,17 @@ async def test_the_clock_starts_at_the_first_database_operation() -> None:
         await anyio.sleep(BUDGET * 1.5)  # e.g. reading the request body: not PostgreSQL's
         async with translated():
             await anyio.sleep(BUDGET / 2)
+
+
+async def test_start_clock_starts_it_before_any_database_operation() -> None:
+    start_clock()  # outside a budget: nothing
+    assert remaining() is None
+    with database_budget(BUDGET):
+        start_clock()  # e.g. before a read's Redis snapshot
+        await anyio.sleep(BUDGET * 1.5)
+        with pytest.raises(DatabaseUnavailableError, match="time budget spent"):
+            async with translated():
+                await anyio.sleep(10)
 
 
 async def test_nested_blocks_do_not_multiply_the_budget() -> None:
