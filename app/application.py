@@ -15,6 +15,7 @@ from app.api import billing, catalog, ops, usage
 from app.api.middleware import DatabaseBudgetMiddleware, ObservabilityMiddleware
 from app.auth import KeyCache
 from app.errors import EXCEPTION_HANDLERS
+from app.heap import freeze_startup_heap
 from app.hotpath.client import check_redis, create_redis
 from app.hotpath.coalescer import Coalescer
 from app.hotpath.events import Event
@@ -90,6 +91,7 @@ def create_app(settings: Settings, *, run_flusher: bool = False) -> Starlette:
                     flusher = Flusher(settings, redis, pool)
                     svc.flusher = flusher.status
                     await tg.start(flusher.run_until_stopped)
+                freeze_startup_heap()
                 log.info("app.started", flusher=run_flusher)
                 try:
                     yield

@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import gc
+
 from starlette.applications import Starlette
 
+from app.application import create_app
+from app.settings import Settings
+from tests.conftest import running
 from tests.http import client_for
 
 
@@ -38,3 +43,15 @@ async def test_openapi(app: Starlette) -> None:
     doc = response.json()
     assert doc["openapi"].startswith("3.1")
     assert {"/health", "/ready", "/metrics"} <= set(doc["paths"])
+
+
+async def test_started_app_has_frozen_its_startup_heap(settings: Settings) -> None:
+    # A full collection over the start-up heap stalls every request in flight (app/heap.py).
+    gc.unfreeze()
+    application = create_app(settings)
+    assert gc.get_freeze_count() == 0
+    try:
+        async with running(application):
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
