@@ -15,15 +15,16 @@ import uvicorn
 
 from app.application import create_app
 from app.embedded import die_with_parent
-from app.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+from app.metrics import MULTIPROC_ENV, mark_process_dead, prepare_multiprocess_dir
 from app.settings import Settings
 from app.signals import exit_quietly_on_signals
 from app.worker.main import EXIT_HALTED
+from app.workers import HttpWorkers, claim_port
 
 log = structlog.get_logger("tally.serve")
 
 
-def _config(
+def uvicorn_config(
     app: object, host: str, port: int, settings: Settings, **extra: object
 ) -> uvicorn.Config:
     return uvicorn.Config(
@@ -42,16 +43,22 @@ def serve(settings: Settings, host: str, port: int, workers: int, flusher: bool)
     """Run the API until SIGINT/SIGTERM; returns the exit code.
 
     With one worker the flusher is a supervised task inside the same event loop (its final
-    flush runs in the lifespan's shutdown). With several, uvicorn's supervisor forks the
-    workers and the flusher runs as one child process (``python -m app.worker``) that gets
-    SIGTERM, and its grace period, once the workers have stopped.
+    flush runs in the lifespan's shutdown). With several, :class:`HttpWorkers` runs the
+    workers (``python -m app.asgi``, each on its own SO_REUSEPORT socket) and the flusher
+    runs as one child process (``python -m app.worker``) that gets SIGTERM, and its grace
+    period, once the workers have stopped.
     """
     if workers <= 1:
         app = create_app(settings, run_flusher=flusher)
-        server = uvicorn.Server(_config(app, host, port, settings))
+        server = uvicorn.Server(uvicorn_config(app, host, port, settings))
         with exit_quietly_on_signals():
             server.run()
         return 0 if server.started else 1
+    try:
+        port = claim_port(host, port)
+    except OSError as exc:
+        log.error("serve.bind_failed", host=host, port=port, error=str(exc))
+        return 1
     # Workers share metrics through files: a fresh directory per server start, so counters
     # of a previous run never leak into this one.
     metrics_dir = Path(
@@ -64,22 +71,12 @@ def serve(settings: Settings, host: str, port: int, workers: int, flusher: bool)
     supervisor = _FlusherSupervisor() if flusher else None
     if supervisor is not None:
         supervisor.start()
-    with exit_quietly_on_signals():
+    with exit_quietly_on_signals() as received:
         try:
-            uvicorn.run(
-                "app.asgi:app_from_env",
-                factory=True,
-                host=host,
-                port=port,
-                workers=workers,
-                log_config=None,
-                access_log=False,
-                server_header=False,
-                timeout_graceful_shutdown=int(max(1, settings.shutdown_grace)),
-            )
+            code = HttpWorkers(workers, host, port, settings.shutdown_grace).run(received)
         finally:
-            code = supervisor.stop(settings.shutdown_grace + 5) if supervisor else 0
-    return code
+            flusher_code = supervisor.stop(settings.shutdown_grace + 5) if supervisor else 0
+    return code or flusher_code
 
 
 class _FlusherSupervisor:
@@ -117,6 +114,7 @@ class _FlusherSupervisor:
                 child = self._child
                 if child is None or child.poll() is None or self._stopping.is_set():
                     continue
+                mark_process_dead(child.pid)
                 if child.returncode == EXIT_HALTED:
                     log.error("flusher.halted_not_restarted", code=child.returncode)
                     return
@@ -141,4 +139,5 @@ class _FlusherSupervisor:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+        mark_process_dead(child.pid)
         return 0 if child.returncode in (0, -signal.SIGTERM) else int(child.returncode)

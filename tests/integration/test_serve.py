@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import subprocess
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -115,3 +117,163 @@ def test_serve_restarts_a_dead_flusher(settings: Settings, database_url: str) ->
             server.kill()
             server.communicate()
     assert server.returncode == 0, err[-3000:]
+
+
+# -- several workers: app/workers.py ------------------------------------------------------
+
+
+def _children(pid: int, marker: bytes) -> list[int]:
+    """Child processes of ``pid`` whose command line contains ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and marker in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _sockets(port: int, state: str) -> set[str]:
+    """Inodes of the IPv4 TCP sockets on local ``port`` in ``state`` (from /proc)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == state:
+            inodes.add(fields[9])
+    return inodes
+
+
+def _connection_owners(port: int, pids: list[int]) -> dict[int, int]:
+    """How many established connections to ``port`` each of ``pids`` holds."""
+    inodes = _sockets(port, "01")  # ESTABLISHED
+    owners: dict[int, int] = {}
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                owners[pid] = owners.get(pid, 0) + 1
+    return owners
+
+
+def _wait_ready(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the server did not become ready")
+
+
+def _stop(server: subprocess.Popen[str]) -> tuple[int, str]:
+    server.send_signal(signal.SIGTERM)
+    try:
+        _, err = server.communicate(timeout=40)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    return server.returncode, err
+
+
+def test_workers_share_keep_alive_connections(settings: Settings, database_url: str) -> None:
+    # 16 connections opened at once and kept alive: with one listening socket shared by the
+    # workers, one worker accepted all of them (seen with wrk); each worker's own socket
+    # (SO_REUSEPORT) lets the kernel spread them. Both getting none: (1/2)^15, not flaky.
+    port = free_port()
+    env = process_env(settings.redis_url, database_url, TALLY_LOG_LEVEL="warning")
+    server = start_serve(env, port, "--workers", "2", "--no-flusher")
+    connections: list[socket.socket] = []
+    try:
+        _wait_ready(port)
+        workers = _children(server.pid, b"app.asgi")
+        assert len(workers) == 2
+        deadline = time.monotonic() + 30  # /ready answers once the first worker listens
+        while len(_sockets(port, "0A")) < 2 and time.monotonic() < deadline:  # LISTEN
+            time.sleep(0.1)
+        for _ in range(16):
+            connections.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        for conn in connections:
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: tally\r\n\r\n")
+        for conn in connections:
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+        owners = _connection_owners(port, workers)
+        assert sum(owners.values()) == 16, owners
+        assert set(owners) == set(workers), owners
+    finally:
+        for conn in connections:
+            conn.close()
+        code, err = _stop(server)
+    assert code == 0, err[-3000:]
+
+
+def test_a_dead_worker_is_replaced(settings: Settings, database_url: str) -> None:
+    port = free_port()
+    env = process_env(settings.redis_url, database_url, TALLY_LOG_LEVEL="warning")
+    server = start_serve(env, port, "--workers", "2", "--no-flusher")
+    try:
+        _wait_ready(port)
+        first, second = _children(server.pid, b"app.asgi")
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        replaced: list[int] = []
+        while time.monotonic() < deadline and len(replaced) < 2:
+            time.sleep(0.1)
+            replaced = _children(server.pid, b"app.asgi")
+        assert second in replaced
+        assert first not in replaced
+        assert len(replaced) == 2
+        for _ in range(20):  # the port keeps answering, on new connections too
+            response = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+            assert response.status_code == 200
+    finally:
+        code, err = _stop(server)
+    assert code == 0, err[-3000:]
+    assert "serve.worker_died" in err
+
+
+def test_a_worker_that_cannot_start_stops_the_server(database_url: str) -> None:
+    # Nothing listens on Redis's port: every worker's start-up fails, and restarting it
+    # would fail the same way, so the server exits 1 instead of restarting forever.
+    env = process_env(
+        f"redis://127.0.0.1:{free_port()}/0",
+        database_url,
+        TALLY_STARTUP_TIMEOUT="1",
+        TALLY_LOG_LEVEL="info",
+    )
+    server = start_serve(env, free_port(), "--workers", "2", "--no-flusher")
+    try:
+        _, err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert server.returncode == 1, err[-3000:]
+    assert "serve.worker_failed_to_start" in err
+
+
+def test_a_port_in_use_is_refused(settings: Settings, database_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = process_env(settings.redis_url, database_url)
+        server = start_serve(env, port, "--workers", "2", "--no-flusher")
+        try:
+            _, err = server.communicate(timeout=30)
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.communicate()
+    assert server.returncode == 1
+    assert "serve.bind_failed" in err
