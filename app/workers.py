@@ -9,8 +9,9 @@ them (by a hash of the addresses), so N workers serve N times as many connection
 
 The supervisor starts the workers in their own session (a terminal's Ctrl-C reaches only
 ``tally serve``, which stops each worker with one SIGTERM and its grace period), restarts
-one that dies (with backoff), and stops everything if one cannot start (exit code 3 from
-``python -m app.asgi``: restarting would fail the same way).
+one that dies (with backoff), and stops everything if one of the first workers cannot
+start (exit code 3 from ``python -m app.asgi``: a configuration error, restarting would
+fail the same way; a replacement that cannot start is retried).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -70,6 +71,9 @@ class _Slot:
     started_at: float = 0.0
     delay: float = FIRST_RESTART_DELAY
     restart_at: float | None = None
+    # Still the worker started with the server: its start-up failing is a configuration
+    # error. A replacement that cannot start (say Redis is down) is retried instead.
+    first: bool = True
 
 
 @dataclass
@@ -80,6 +84,7 @@ class HttpWorkers:
     host: str
     port: int
     grace: float
+    clock: Callable[[], float] = time.monotonic
     _slots: list[_Slot] = field(default_factory=list)
 
     def _spawn(self, slot: _Slot) -> None:
@@ -89,7 +94,7 @@ class HttpWorkers:
             start_new_session=True,
             preexec_fn=lambda: die_with_parent(signal.SIGTERM),  # noqa: PLW1509
         )
-        slot.started_at = time.monotonic()
+        slot.started_at = self.clock()
         slot.restart_at = None
 
     def run(self, received: Sequence[int]) -> int:
@@ -116,12 +121,12 @@ class HttpWorkers:
 
     def _tend(self) -> bool:
         """Restart dead workers when their delay is over; True if one could not start."""
-        now = time.monotonic()
+        now = self.clock()
         for slot in self._slots:
             proc = slot.proc
             if proc is not None and proc.poll() is not None:
                 mark_process_dead(proc.pid)
-                if proc.returncode == STARTUP_FAILURE:
+                if proc.returncode == STARTUP_FAILURE and slot.first:
                     log.error("serve.worker_failed_to_start", pid=proc.pid)
                     return True
                 if now - slot.started_at >= STEADY_AFTER:
@@ -130,6 +135,7 @@ class HttpWorkers:
                     "serve.worker_died", pid=proc.pid, code=proc.returncode, delay=slot.delay
                 )
                 slot.proc = None
+                slot.first = False
                 slot.restart_at = now + slot.delay
                 slot.delay = min(slot.delay * 2, MAX_RESTART_DELAY)
             if slot.proc is None and slot.restart_at is not None and now >= slot.restart_at:
