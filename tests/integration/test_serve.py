@@ -78,48 +78,9 @@ async def test_serve_flushes_and_stops_on_sigterm(
     assert await _flushed_total(database_url) == Decimal("45")  # the final flush
 
 
-def _flusher_children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"app.worker" in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
-def test_serve_restarts_a_dead_flusher(settings: Settings, database_url: str) -> None:
-    port = free_port()
-    env = process_env(settings.redis_url, database_url, TALLY_LOG_LEVEL="warning")
-    server = start_serve(env, port, "--workers", "2")
-    try:
-        deadline = time.monotonic() + 30
-        while not _flusher_children(server.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        (first,) = _flusher_children(server.pid)
-        os.kill(first, signal.SIGKILL)
-        restarted: list[int] = []
-        while time.monotonic() < deadline + 30:
-            restarted = [p for p in _flusher_children(server.pid) if p != first]
-            if restarted:
-                break
-            time.sleep(0.1)
-        assert restarted, "the flusher was not restarted"
-        server.send_signal(signal.SIGTERM)
-        _, err = server.communicate(timeout=40)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.communicate()
-    assert server.returncode == 0, err[-3000:]
-
-
-# -- several workers: app/workers.py ------------------------------------------------------
+# Command-line parts (NUL-separated in /proc) of the children `tally serve --workers N` runs.
+FLUSHER = b"-m\x00app.worker\x00"
+API_WORKER = b"-m\x00app.asgi\x00"
 
 
 def _children(pid: int, marker: bytes) -> list[int]:
@@ -136,6 +97,35 @@ def _children(pid: int, marker: bytes) -> list[int]:
         if int(stat.rsplit(")", 1)[1].split()[1]) == pid and marker in cmdline:
             found.append(int(entry.name))
     return found
+
+
+def test_serve_restarts_a_dead_flusher(settings: Settings, database_url: str) -> None:
+    port = free_port()
+    env = process_env(settings.redis_url, database_url, TALLY_LOG_LEVEL="warning")
+    server = start_serve(env, port, "--workers", "2")
+    try:
+        deadline = time.monotonic() + 30
+        while not _children(server.pid, FLUSHER) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (first,) = _children(server.pid, FLUSHER)
+        os.kill(first, signal.SIGKILL)
+        restarted: list[int] = []
+        while time.monotonic() < deadline + 30:
+            restarted = [p for p in _children(server.pid, FLUSHER) if p != first]
+            if restarted:
+                break
+            time.sleep(0.1)
+        assert restarted, "the flusher was not restarted"
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=40)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert server.returncode == 0, err[-3000:]
+
+
+# -- several workers: app/workers.py ------------------------------------------------------
 
 
 def _sockets(port: int, state: str) -> set[str]:
@@ -196,7 +186,7 @@ def test_workers_share_keep_alive_connections(settings: Settings, database_url: 
     connections: list[socket.socket] = []
     try:
         _wait_ready(port)
-        workers = _children(server.pid, b"app.asgi")
+        workers = _children(server.pid, API_WORKER)
         assert len(workers) == 2
         deadline = time.monotonic() + 30  # /ready answers once the first worker listens
         while len(_sockets(port, "0A")) < 2 and time.monotonic() < deadline:  # LISTEN
@@ -223,13 +213,13 @@ def test_a_dead_worker_is_replaced(settings: Settings, database_url: str) -> Non
     server = start_serve(env, port, "--workers", "2", "--no-flusher")
     try:
         _wait_ready(port)
-        first, second = _children(server.pid, b"app.asgi")
+        first, second = _children(server.pid, API_WORKER)
         os.kill(first, signal.SIGKILL)
         deadline = time.monotonic() + 30
         replaced: list[int] = []
         while time.monotonic() < deadline and len(replaced) < 2:
             time.sleep(0.1)
-            replaced = _children(server.pid, b"app.asgi")
+            replaced = _children(server.pid, API_WORKER)
         assert second in replaced
         assert first not in replaced
         assert len(replaced) == 2
