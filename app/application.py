@@ -100,6 +100,7 @@ def create_app(settings: Settings, *, run_flusher: bool = False) -> Starlette:
                         await flusher.stop()
                     tg.cancel_scope.cancel()
         finally:
+            await svc.keys.close()
             await pool.close()
             await redis.aclose()
             log.info("app.stopped")

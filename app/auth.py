@@ -121,6 +121,14 @@ class KeyCache:
             return
         self._entries[key_id] = _Entry(record, time.monotonic())
 
+    async def close(self) -> None:
+        """Cancel the background refreshes and wait for them to end (the lifespan calls
+        this before it closes the pool they use)."""
+        tasks = list(self._refreshing)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _fetch(self, key_id: str) -> KeyRecord | None:
         pending = self._inflight.get(key_id)
         if pending is not None:

@@ -157,6 +157,24 @@ async def test_once_degraded_requests_never_wait_for_the_lookup(cached: Cached) 
     assert db.lookups == 5
 
 
+async def test_close_cancels_background_refreshes(cached: Cached) -> None:
+    """At shutdown a refresh stuck on a hung PostgreSQL is cancelled, not left running
+    against a pool that is about to close."""
+    db = cached.db
+    await cached.degrade()
+    hung = asyncio.Event()
+    db.hang = hung
+    cached.advance(RETRY_AFTER_FAILURE + 0.01)
+    await cached.authenticate()  # starts the background lookup, which hangs
+    await asyncio.sleep(0)
+    assert db.lookups == 3
+    (refresh,) = cached.cache._refreshing
+    with anyio.fail_after(1):
+        await cached.cache.close()
+    assert refresh.cancelled()
+    assert not cached.cache._refreshing
+
+
 async def test_an_unexpected_refresh_error_stops_serving_the_cached_key(
     cached: Cached,
 ) -> None:
