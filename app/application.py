@@ -26,6 +26,7 @@ from app.repo.pool import create_pool
 from app.scripts import Scripts
 from app.services import Services
 from app.settings import Settings
+from app.workers import heartbeat
 
 log = structlog.get_logger("tally.app")
 
@@ -48,8 +49,13 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-def create_app(settings: Settings, *, run_flusher: bool = False) -> Starlette:
-    """Build the ASGI app. Resources open in the lifespan, never at import or here."""
+def create_app(
+    settings: Settings, *, run_flusher: bool = False, heartbeat_fd: int | None = None
+) -> Starlette:
+    """Build the ASGI app. Resources open in the lifespan, never at import or here.
+
+    ``heartbeat_fd``: a pipe to write the worker's heartbeat to (:mod:`app.workers`).
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -85,6 +91,8 @@ def create_app(settings: Settings, *, run_flusher: bool = False) -> Starlette:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(svc.coalescer.run)
+                if heartbeat_fd is not None:
+                    tg.start_soon(heartbeat, heartbeat_fd)
                 if run_flusher:
                     from app.worker.flusher import Flusher
 

@@ -40,9 +40,26 @@ def free_port() -> int:
 
 
 def die_with_parent(sig: int) -> None:
-    """In a child (preexec_fn): receive ``sig`` when the parent thread dies."""
+    """In a child: receive ``sig`` when the parent thread (the one that started it) dies."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, sig)
+
+
+# Set by a supervisor in its child's environment: the pid the child must not outlive.
+PARENT_ENV = "TALLY_PARENT_PID"
+
+
+def follow_parent() -> None:
+    """In a child started with ``TALLY_PARENT_PID``: get SIGTERM when that parent (the
+    thread that started this process) dies, or exit now if it already has. Done here, in
+    the child's own code, rather than in a preexec_fn, which runs between fork and exec of
+    a parent that has threads."""
+    expected = os.environ.pop(PARENT_ENV, None)
+    if expected is None:
+        return
+    die_with_parent(signal.SIGTERM)
+    if os.getppid() != int(expected):
+        raise SystemExit(0)
 
 
 def _package_dir(name: str) -> Path | None:

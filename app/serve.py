@@ -14,7 +14,7 @@ import structlog
 import uvicorn
 
 from app.application import create_app
-from app.embedded import die_with_parent
+from app.embedded import PARENT_ENV
 from app.metrics import MULTIPROC_ENV, mark_process_dead, prepare_multiprocess_dir
 from app.settings import Settings
 from app.signals import exit_quietly_on_signals
@@ -55,10 +55,15 @@ def serve(settings: Settings, host: str, port: int, workers: int, flusher: bool)
             server.run()
         return 0 if server.started else 1
     try:
-        port = claim_port(host, port)
+        holder = claim_port(host, port)
     except OSError as exc:
-        log.error("serve.bind_failed", host=host, port=port, error=str(exc))
+        log.error("serve.port_in_use", host=host, port=port, error=str(exc))
         return 1
+    with holder:
+        return _serve_workers(settings, host, holder.getsockname()[1], workers, flusher)
+
+
+def _serve_workers(settings: Settings, host: str, port: int, workers: int, flusher: bool) -> int:
     # Workers share metrics through files: a fresh directory per server start, so counters
     # of a previous run never leak into this one.
     metrics_dir = Path(
@@ -71,9 +76,13 @@ def serve(settings: Settings, host: str, port: int, workers: int, flusher: bool)
     supervisor = _FlusherSupervisor() if flusher else None
     if supervisor is not None:
         supervisor.start()
-    with exit_quietly_on_signals() as received:
+    # SIGHUP (a closed terminal) stops the server like SIGTERM: uvicorn's supervisor
+    # restarted its workers on it, which a terminal's hang-up never meant.
+    with exit_quietly_on_signals((signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) as received:
         try:
-            code = HttpWorkers(workers, host, port, settings.shutdown_grace).run(received)
+            code = HttpWorkers(
+                workers, host, port, settings.shutdown_grace, settings.worker_timeout
+            ).run(received)
         finally:
             flusher_code = supervisor.stop(settings.shutdown_grace + 5) if supervisor else 0
     return code or flusher_code
@@ -95,12 +104,11 @@ class _FlusherSupervisor:
     def _spawn(self) -> None:
         # Its own session: a terminal's Ctrl-C reaches only `tally serve`, which then stops
         # the flusher with one SIGTERM (a second signal would cancel its final flush).
-        # PDEATHSIG: it never outlives the server.
+        # PARENT_ENV: it never outlives the server (app.embedded.follow_parent).
         self._child = subprocess.Popen(
-            [sys.executable, "-m", "app.worker"],
-            env=os.environ.copy(),
+            [sys.executable, "-P", "-m", "app.worker"],
+            env={**os.environ, PARENT_ENV: str(os.getpid())},
             start_new_session=True,
-            preexec_fn=lambda: die_with_parent(signal.SIGTERM),  # noqa: PLW1509
         )
 
     def start(self) -> None:
@@ -108,6 +116,18 @@ class _FlusherSupervisor:
         self._thread.start()
 
     def _watch(self) -> None:
+        try:
+            self._restart_when_dead()
+        finally:
+            # A child this thread started gets SIGTERM when the thread ends (PDEATHSIG
+            # follows the thread, not the process): outlive it, or stop()'s own SIGTERM
+            # would be the second, which cancels the final flush.
+            with self._lock:
+                child = self._child
+            if child is not None:
+                child.wait()
+
+    def _restart_when_dead(self) -> None:
         delay = 0.5
         while not self._stopping.wait(0.5):
             with self._lock:

@@ -17,6 +17,10 @@ from urllib.parse import urlsplit, urlunsplit
 ROLLUP_AGE_FACTOR = 10
 
 
+# Workers write a heartbeat once a second (app.workers).
+MIN_WORKER_TIMEOUT = 3.0
+
+
 class SettingsError(ValueError):
     """A configuration value is missing or malformed; the message names the variable."""
 
@@ -94,6 +98,8 @@ class Settings:
     # contract's "503 within 2 s".
     database_timeout: float = 1.5
     shutdown_grace: float = 10.0
+    # `tally serve --workers N` replaces a worker whose event loop is silent this long.
+    worker_timeout: float = 10.0
     startup_timeout: float = 30.0
     redis_max_connections: int = 64
     database_pool_size: int = 10
@@ -142,6 +148,7 @@ class Settings:
             redis_timeout=_positive_seconds(env, "TALLY_REDIS_TIMEOUT", "1"),
             database_timeout=_positive_seconds(env, "TALLY_DATABASE_TIMEOUT", "1.5"),
             shutdown_grace=_positive_seconds(env, "TALLY_SHUTDOWN_GRACE", "10"),
+            worker_timeout=_positive_seconds(env, "TALLY_WORKER_TIMEOUT", "10"),
             startup_timeout=_positive_seconds(env, "TALLY_STARTUP_TIMEOUT", "30"),
             redis_max_connections=_positive_int(env, "TALLY_REDIS_MAX_CONNECTIONS", 64),
             database_pool_size=_positive_int(env, "TALLY_DATABASE_POOL_SIZE", 10),
@@ -165,6 +172,12 @@ class Settings:
             raise SettingsError(
                 f"TALLY_ROLLUP_AGE must be at least {ROLLUP_AGE_FACTOR} × (TALLY_REDIS_TIMEOUT"
                 f" + TALLY_DATABASE_TIMEOUT) = {floor.normalize():f} s, got {settings.rollup_age:g}"
+            )
+        if settings.worker_timeout < MIN_WORKER_TIMEOUT:
+            # Workers beat once a second: less would replace healthy ones.
+            raise SettingsError(
+                f"TALLY_WORKER_TIMEOUT must be at least {MIN_WORKER_TIMEOUT:g} s,"
+                f" got {settings.worker_timeout:g}"
             )
         return settings
 

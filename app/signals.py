@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import FrameType
 
 
 @contextlib.contextmanager
-def exit_quietly_on_signals() -> Iterator[list[int]]:
-    """Make SIGINT/SIGTERM record themselves instead of killing the process.
+def exit_quietly_on_signals(
+    signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
+) -> Iterator[list[int]]:
+    """Make ``signals`` (SIGINT, SIGTERM) record themselves instead of killing the process.
 
     uvicorn re-raises the signal that stopped it once it has shut down gracefully; with these
     handlers in place that re-raise is recorded, so the command can stop its embedded
@@ -21,7 +23,7 @@ def exit_quietly_on_signals() -> Iterator[list[int]]:
     def record(sig: int, frame: FrameType | None) -> None:
         received.append(sig)
 
-    previous = {sig: signal.signal(sig, record) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, record) for sig in signals}
     try:
         yield received
     finally:

@@ -1,21 +1,31 @@
 """``tally serve --workers N``: N uvicorn processes, each listening on its own socket.
 
-uvicorn's own multi-worker mode shares one listening socket between the workers, and a
-worker that wakes up accepts every connection waiting: a client with a few keep-alive
-connections (a proxy, a load generator) gets all of them served by one worker while the
-others idle. Measured with wrk: all 16 connections on one of two workers. Here every worker
-binds its own socket with ``SO_REUSEPORT`` and the kernel spreads new connections over
-them (by a hash of the addresses), so N workers serve N times as many connections.
+uvicorn's own multi-worker mode shares one listening socket between the workers. Measured
+with wrk opening 16 keep-alive connections at once, one of two workers accepted all 16 and
+the other idled. Here every worker binds its own socket with ``SO_REUSEPORT`` and the
+kernel spreads new connections over them (by a hash of the addresses; Linux).
 
-The supervisor starts the workers in their own session (a terminal's Ctrl-C reaches only
-``tally serve``, which stops each worker with one SIGTERM and its grace period), restarts
-one that dies (with backoff), and stops everything if one of the first workers cannot
-start (exit code 3 from ``python -m app.asgi``: a configuration error, restarting would
-fail the same way; a replacement that cannot start is retried).
+The price of per-socket hashing: a worker that stops answering keeps its share of new
+connections. So each worker writes a heartbeat from its event loop to a pipe (once per
+second, :func:`heartbeat`); the supervisor kills a worker whose heartbeat is older than
+``TALLY_WORKER_TIMEOUT`` and starts another.
+
+The supervisor:
+
+- holds the port for the server's life (a socket bound without ``SO_REUSEADDR``, never
+  listening), so a second server on the port is refused instead of sharing it;
+- starts the workers in their own session (a terminal's Ctrl-C reaches only ``tally
+  serve``, which stops each worker with one SIGTERM and its grace period; a second signal
+  kills them);
+- restarts a worker that dies, with backoff;
+- stops everything (exit 1) when one of the first workers dies before its first heartbeat:
+  the app cannot start, and restarting would fail the same way. A replacement that cannot
+  start (say Redis is down) is retried.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -25,25 +35,28 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import anyio
 import structlog
 
-from app.embedded import die_with_parent
+from app.embedded import PARENT_ENV
 from app.metrics import mark_process_dead
 
 log = structlog.get_logger("tally.workers")
 
-# A worker's exit code when it could not start (uvicorn's own for a failed lifespan).
-STARTUP_FAILURE = 3
 FIRST_RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 30.0
 # A worker that ran this long before dying is restarted after the first delay again.
 STEADY_AFTER = 60.0
+HEARTBEAT_INTERVAL = 1.0
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` with SO_REUSEPORT (not listening yet)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    """A worker's TCP socket bound to ``host:port`` with SO_REUSEPORT (not listening yet)."""
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -54,25 +67,50 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def claim_port(host: str, port: int) -> int:
-    """Check that nothing listens on ``host:port`` (an ordinary bind fails if anything
-    does, another ``tally serve`` included); returns the port (a free one for 0)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+def claim_port(host: str, port: int) -> socket.socket:
+    """Hold ``host:port`` for this server (a free port for 0); OSError if anything else
+    holds it, another ``tally serve`` included.
+
+    An ordinary bind fails if anything listens on the port. The socket returned has
+    SO_REUSEPORT but not SO_REUSEADDR and never listens: the workers bind beside it, no
+    connection is ever queued on it, and every later probe (or uvicorn-style bind) fails
+    against it, even before the workers listen.
+    """
+    family = _family(host)
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((host, port))
-        bound: int = probe.getsockname()[1]
-    return bound
+        port = probe.getsockname()[1]
+    holder = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind((host, port))
+    except BaseException:
+        holder.close()
+        raise
+    return holder
+
+
+async def heartbeat(fd: int) -> None:
+    """Write a byte to ``fd`` every second while the event loop runs (a worker's liveness
+    for :class:`HttpWorkers`). Never blocks: a full pipe skips the beat."""
+    os.set_blocking(fd, False)
+    while True:
+        with contextlib.suppress(BlockingIOError):
+            os.write(fd, b".")
+        await anyio.sleep(HEARTBEAT_INTERVAL)
 
 
 @dataclass
 class _Slot:
     proc: subprocess.Popen[bytes] | None = None
+    beats: int | None = None  # the read end of the worker's heartbeat pipe
     started_at: float = 0.0
+    beat_at: float | None = None  # None until the worker's first heartbeat (started)
     delay: float = FIRST_RESTART_DELAY
     restart_at: float | None = None
-    # Still the worker started with the server: its start-up failing is a configuration
-    # error. A replacement that cannot start (say Redis is down) is retried instead.
+    # Still the worker started with the server: if it cannot start, the configuration is
+    # wrong. A replacement that cannot start (say Redis is down) is retried instead.
     first: bool = True
 
 
@@ -84,75 +122,120 @@ class HttpWorkers:
     host: str
     port: int
     grace: float
+    timeout: float = 10.0
     clock: Callable[[], float] = time.monotonic
     _slots: list[_Slot] = field(default_factory=list)
 
     def _spawn(self, slot: _Slot) -> None:
-        slot.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.asgi", "--host", self.host, "--port", str(self.port)],
-            env=os.environ.copy(),
-            start_new_session=True,
-            preexec_fn=lambda: die_with_parent(signal.SIGTERM),  # noqa: PLW1509
-        )
+        beats, beat_w = os.pipe()
+        os.set_blocking(beats, False)
+        try:
+            slot.proc = subprocess.Popen(
+                # -P: the worker imports Tally from where the server did, never from a
+                # directory that happens to be current.
+                [
+                    *(sys.executable, "-P", "-m", "app.asgi"),
+                    *("--host", self.host, "--port", str(self.port)),
+                    *("--heartbeat-fd", str(beat_w)),
+                ],
+                env={**os.environ, PARENT_ENV: str(os.getpid())},
+                start_new_session=True,
+                pass_fds=(beat_w,),
+            )
+        finally:
+            os.close(beat_w)
+        slot.beats = beats
         slot.started_at = self.clock()
+        slot.beat_at = None
         slot.restart_at = None
 
     def run(self, received: Sequence[int]) -> int:
         """Serve until ``received`` (filled by signal handlers) is not empty; 0 after a
-        signal, 1 when a worker could not start."""
+        signal, 1 when the app cannot start."""
         self._slots = [_Slot() for _ in range(self.count)]
-        for slot in self._slots:
-            self._spawn(slot)
-        log.info(
-            "serve.workers_started",
-            workers=[s.proc.pid for s in self._slots if s.proc is not None],
-            port=self.port,
-        )
         code = 0
         try:
+            for slot in self._slots:
+                self._spawn(slot)
+            log.info(
+                "serve.workers_started",
+                workers=[s.proc.pid for s in self._slots if s.proc is not None],
+                port=self.port,
+            )
             while not received:
                 if self._tend():
                     code = 1
                     break
                 time.sleep(0.1)
         finally:
-            self._stop_all()
+            self._stop_all(received)
         return code
 
     def _tend(self) -> bool:
-        """Restart dead workers when their delay is over; True if one could not start."""
+        """Read heartbeats, kill unresponsive workers, restart dead ones when their delay
+        is over; True if one of the first workers could not start."""
         now = self.clock()
         for slot in self._slots:
             proc = slot.proc
+            if proc is not None and self._heard(slot):
+                slot.beat_at = now
             if proc is not None and proc.poll() is not None:
-                mark_process_dead(proc.pid)
-                if proc.returncode == STARTUP_FAILURE and slot.first:
-                    log.error("serve.worker_failed_to_start", pid=proc.pid)
+                self._reap(slot, proc)
+                if slot.beat_at is None and slot.first:
+                    log.error("serve.worker_failed_to_start", pid=proc.pid, code=proc.returncode)
                     return True
                 if now - slot.started_at >= STEADY_AFTER:
                     slot.delay = FIRST_RESTART_DELAY
                 log.warning(
                     "serve.worker_died", pid=proc.pid, code=proc.returncode, delay=slot.delay
                 )
-                slot.proc = None
                 slot.first = False
                 slot.restart_at = now + slot.delay
                 slot.delay = min(slot.delay * 2, MAX_RESTART_DELAY)
+            elif (
+                proc is not None and slot.beat_at is not None and now - slot.beat_at > self.timeout
+            ):
+                log.error("serve.worker_unresponsive", pid=proc.pid, silent_s=now - slot.beat_at)
+                proc.kill()  # reaped and replaced by the next rounds
+                slot.beat_at = now  # one kill per silence
             if slot.proc is None and slot.restart_at is not None and now >= slot.restart_at:
                 self._spawn(slot)
         return False
 
-    def _stop_all(self) -> None:
+    @staticmethod
+    def _heard(slot: _Slot) -> bool:
+        if slot.beats is None:
+            return False
+        try:
+            return bool(os.read(slot.beats, 4096))
+        except BlockingIOError:
+            return False
+
+    @staticmethod
+    def _reap(slot: _Slot, proc: subprocess.Popen[bytes]) -> None:
+        mark_process_dead(proc.pid)
+        if slot.beats is not None:
+            os.close(slot.beats)
+            slot.beats = None
+        slot.proc = None
+
+    def _stop_all(self, received: Sequence[int]) -> None:
+        """SIGTERM every worker and wait up to grace + 5 s; a second signal, or the time
+        running out, kills the rest."""
         live = [s.proc for s in self._slots if s.proc is not None and s.proc.poll() is None]
         for proc in live:
             proc.send_signal(signal.SIGTERM)
+        signals_before = len(received)
         deadline = time.monotonic() + self.grace + 5
-        for proc in live:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("serve.worker_killed", pid=proc.pid)
-                proc.kill()
-                proc.wait()
-        for proc in live:
-            mark_process_dead(proc.pid)
+        while any(p.poll() is None for p in live):
+            if time.monotonic() >= deadline or len(received) > max(1, signals_before):
+                for proc in live:
+                    if proc.poll() is None:
+                        log.warning("serve.worker_killed", pid=proc.pid)
+                        proc.kill()
+                        proc.wait()
+                break
+            time.sleep(0.05)
+        for slot in self._slots:
+            if slot.proc is not None:
+                self._reap(slot, slot.proc)

@@ -3,5 +3,7 @@
 import sys
 
 from app.cli import main
+from app.embedded import follow_parent
 
+follow_parent()
 sys.exit(main(["flush", *sys.argv[1:]]))

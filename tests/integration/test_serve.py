@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from app.apikeys import Scope
 from app.embedded import free_port
+from app.hotpath.keys import HEARTBEAT
 from app.settings import Settings
 from tests.keys import make_key
 from tests.servers import process_env, start_serve
@@ -48,13 +49,16 @@ async def test_serve_flushes_and_stops_on_sigterm(
     env = process_env(
         settings.redis_url, database_url, TALLY_FLUSH_INTERVAL="3600", TALLY_LOG_LEVEL="warning"
     )
+    await redis.delete(HEARTBEAT)
     server = start_serve(env, port, "--workers", str(workers))
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 try:
-                    if (await client.get("/ready")).status_code == 200:
+                    # Ready, and the flusher's first (empty) cycle done: its heartbeat.
+                    ready = (await client.get("/ready")).status_code == 200
+                    if ready and await redis.exists(HEARTBEAT):
                         break
                 except httpx.HTTPError:
                     pass
@@ -123,6 +127,9 @@ def test_serve_restarts_a_dead_flusher(settings: Settings, database_url: str) ->
             server.kill()
             server.communicate()
     assert server.returncode == 0, err[-3000:]
+    # The restarted flusher got one SIGTERM, not two: a second one (from the thread that
+    # restarted it ending) would cancel its final flush.
+    assert "flusher.cancelled" not in err, err[-3000:]
 
 
 # -- several workers: app/workers.py ------------------------------------------------------
@@ -165,6 +172,15 @@ def _wait_ready(port: int, timeout: float = 60) -> None:
     raise AssertionError("the server did not become ready")
 
 
+def _wait_listening(port: int, count: int, timeout: float = 30) -> set[str]:
+    """Wait until ``count`` sockets listen on ``port`` (one per worker); their inodes."""
+    deadline = time.monotonic() + timeout
+    while len(listening := _sockets(port, "0A")) != count:  # 0A: LISTEN
+        assert time.monotonic() < deadline, f"{len(listening)} sockets listen, not {count}"
+        time.sleep(0.1)
+    return listening
+
+
 def _stop(server: subprocess.Popen[str]) -> tuple[int, str]:
     server.send_signal(signal.SIGTERM)
     try:
@@ -188,9 +204,7 @@ def test_workers_share_keep_alive_connections(settings: Settings, database_url: 
         _wait_ready(port)
         workers = _children(server.pid, API_WORKER)
         assert len(workers) == 2
-        deadline = time.monotonic() + 30  # /ready answers once the first worker listens
-        while len(_sockets(port, "0A")) < 2 and time.monotonic() < deadline:  # LISTEN
-            time.sleep(0.1)
+        _wait_listening(port, 2)  # /ready answers once the first worker listens
         for _ in range(16):
             connections.append(socket.create_connection(("127.0.0.1", port), timeout=10))
         for conn in connections:
@@ -207,29 +221,54 @@ def test_workers_share_keep_alive_connections(settings: Settings, database_url: 
     assert code == 0, err[-3000:]
 
 
+def _replaced(server: subprocess.Popen[str], port: int, gone: int) -> None:
+    """Wait until the worker ``gone`` has been replaced by one that listens on ``port``."""
+    deadline = time.monotonic() + 30
+    while True:
+        workers = _children(server.pid, API_WORKER)
+        if gone not in workers and len(workers) == 2 and len(_sockets(port, "0A")) == 2:
+            break
+        assert time.monotonic() < deadline, f"not replaced: workers {workers}"
+        time.sleep(0.1)
+    for _ in range(20):  # new connections are all answered, by both workers
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+
+
 def test_a_dead_worker_is_replaced(settings: Settings, database_url: str) -> None:
     port = free_port()
     env = process_env(settings.redis_url, database_url, TALLY_LOG_LEVEL="warning")
     server = start_serve(env, port, "--workers", "2", "--no-flusher")
     try:
         _wait_ready(port)
+        _wait_listening(port, 2)
         first, second = _children(server.pid, API_WORKER)
         os.kill(first, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        replaced: list[int] = []
-        while time.monotonic() < deadline and len(replaced) < 2:
-            time.sleep(0.1)
-            replaced = _children(server.pid, API_WORKER)
-        assert second in replaced
-        assert first not in replaced
-        assert len(replaced) == 2
-        for _ in range(20):  # the port keeps answering, on new connections too
-            response = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
-            assert response.status_code == 200
+        _replaced(server, port, first)
+        assert second in _children(server.pid, API_WORKER)
     finally:
         code, err = _stop(server)
     assert code == 0, err[-3000:]
     assert "serve.worker_died" in err
+
+
+def test_a_silent_worker_is_killed_and_replaced(settings: Settings, database_url: str) -> None:
+    # A stopped worker keeps its share of new connections (its own socket): its heartbeat
+    # stops, and after TALLY_WORKER_TIMEOUT the supervisor kills and replaces it.
+    port = free_port()
+    env = process_env(
+        settings.redis_url, database_url, TALLY_LOG_LEVEL="warning", TALLY_WORKER_TIMEOUT="3"
+    )
+    server = start_serve(env, port, "--workers", "2", "--no-flusher")
+    try:
+        _wait_ready(port)
+        _wait_listening(port, 2)
+        first, _ = _children(server.pid, API_WORKER)
+        os.kill(first, signal.SIGSTOP)
+        _replaced(server, port, first)
+    finally:
+        code, err = _stop(server)
+    assert code == 0, err[-3000:]
+    assert "serve.worker_unresponsive" in err
 
 
 def test_a_worker_that_cannot_start_stops_the_server(database_url: str) -> None:
@@ -253,7 +292,12 @@ def test_a_worker_that_cannot_start_stops_the_server(database_url: str) -> None:
 
 
 def test_a_port_in_use_is_refused(settings: Settings, database_url: str) -> None:
+    # Held with SO_REUSEPORT, as another `tally serve` would: the workers' own binds would
+    # succeed beside it and the two servers would share the port. The server's claim on
+    # the port is what refuses it.
     with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
@@ -266,4 +310,4 @@ def test_a_port_in_use_is_refused(settings: Settings, database_url: str) -> None
                 server.kill()
                 server.communicate()
     assert server.returncode == 1
-    assert "serve.bind_failed" in err
+    assert "serve.port_in_use" in err

@@ -73,6 +73,14 @@ def test_rollup_age_has_a_floor_of_ten_times_the_time_outs() -> None:
     assert Settings.from_env({**tenths, "TALLY_ROLLUP_AGE": "3"}).rollup_age == 3.0
 
 
+def test_worker_timeout_has_a_floor_above_the_heartbeat() -> None:
+    assert Settings.from_env(BASE).worker_timeout == 10.0
+    assert Settings.from_env({**BASE, "TALLY_WORKER_TIMEOUT": "3"}).worker_timeout == 3.0
+    # Workers beat once a second: a shorter time-out would replace healthy ones.
+    with pytest.raises(SettingsError, match="TALLY_WORKER_TIMEOUT must be at least 3 s"):
+        Settings.from_env({**BASE, "TALLY_WORKER_TIMEOUT": "2.5"})
+
+
 def test_repr_masks_secrets() -> None:
     s = Settings.from_env({**BASE, "REDIS_URL": "redis://:hunter2@cache:6379/0"})
     text = repr(s)
