@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ def follow_parent() -> None:
         return
     die_with_parent(signal.SIGTERM)
     if os.getppid() != int(expected):
+        print(f"tally: parent {expected} is gone; exiting", file=sys.stderr, flush=True)
         raise SystemExit(0)
 
 

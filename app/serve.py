@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -57,7 +58,8 @@ def serve(settings: Settings, host: str, port: int, workers: int, flusher: bool)
     try:
         holder = claim_port(host, port)
     except OSError as exc:
-        log.error("serve.port_in_use", host=host, port=port, error=str(exc))
+        event = "serve.port_in_use" if exc.errno == errno.EADDRINUSE else "serve.bind_failed"
+        log.error(event, host=host, port=port, error=str(exc))
         return 1
     with holder:
         return _serve_workers(settings, host, holder.getsockname()[1], workers, flusher)
@@ -81,7 +83,12 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int, flush
     with exit_quietly_on_signals((signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) as received:
         try:
             code = HttpWorkers(
-                workers, host, port, settings.shutdown_grace, settings.worker_timeout
+                workers,
+                host,
+                port,
+                settings.shutdown_grace,
+                settings.worker_timeout,
+                settings.startup_timeout,
             ).run(received)
         finally:
             flusher_code = supervisor.stop(settings.shutdown_grace + 5) if supervisor else 0

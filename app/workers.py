@@ -25,7 +25,6 @@ The supervisor:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -48,6 +47,11 @@ MAX_RESTART_DELAY = 30.0
 # A worker that ran this long before dying is restarted after the first delay again.
 STEADY_AFTER = 60.0
 HEARTBEAT_INTERVAL = 1.0
+# A supervisor that did not look for this long was itself stopped (a frozen container):
+# its workers' silence then says nothing, and the time-outs start again.
+PAUSED_AFTER = 2.0
+# A worker that has not started this long after its start-up time-out is killed.
+START_MARGIN = 10.0
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -93,11 +97,18 @@ def claim_port(host: str, port: int) -> socket.socket:
 
 async def heartbeat(fd: int) -> None:
     """Write a byte to ``fd`` every second while the event loop runs (a worker's liveness
-    for :class:`HttpWorkers`). Never blocks: a full pipe skips the beat."""
+    for :class:`HttpWorkers`). Never blocks: a full pipe skips the beat. Once the
+    supervisor is gone (a broken pipe) it stops beating, and never fails the lifespan: the
+    worker, told by PDEATHSIG, drains its requests with its pools still open."""
     os.set_blocking(fd, False)
     while True:
-        with contextlib.suppress(BlockingIOError):
+        try:
             os.write(fd, b".")
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            log.warning("serve.heartbeat_stopped", error=str(exc))
+            return
         await anyio.sleep(HEARTBEAT_INTERVAL)
 
 
@@ -123,16 +134,18 @@ class HttpWorkers:
     port: int
     grace: float
     timeout: float = 10.0
+    startup_timeout: float = 30.0
     clock: Callable[[], float] = time.monotonic
     _slots: list[_Slot] = field(default_factory=list)
+    _tended_at: float | None = None
 
     def _spawn(self, slot: _Slot) -> None:
         beats, beat_w = os.pipe()
         os.set_blocking(beats, False)
         try:
             slot.proc = subprocess.Popen(
-                # -P: the worker imports Tally from where the server did, never from a
-                # directory that happens to be current.
+                # -P: never import from the current directory (a folder named app/ there
+                # would shadow Tally).
                 [
                     *(sys.executable, "-P", "-m", "app.asgi"),
                     *("--host", self.host, "--port", str(self.port)),
@@ -142,6 +155,9 @@ class HttpWorkers:
                 start_new_session=True,
                 pass_fds=(beat_w,),
             )
+        except BaseException:
+            os.close(beats)
+            raise
         finally:
             os.close(beat_w)
         slot.beats = beats
@@ -175,11 +191,19 @@ class HttpWorkers:
         """Read heartbeats, kill unresponsive workers, restart dead ones when their delay
         is over; True if one of the first workers could not start."""
         now = self.clock()
+        paused = self._tended_at is not None and now - self._tended_at > PAUSED_AFTER
+        self._tended_at = now
         for slot in self._slots:
             proc = slot.proc
             if proc is not None and self._heard(slot):
                 slot.beat_at = now
+            if proc is not None and paused:
+                slot.started_at = now
+                if slot.beat_at is not None:
+                    slot.beat_at = now
             if proc is not None and proc.poll() is not None:
+                if self._heard(slot):  # a beat written just before it died
+                    slot.beat_at = now
                 self._reap(slot, proc)
                 if slot.beat_at is None and slot.first:
                     log.error("serve.worker_failed_to_start", pid=proc.pid, code=proc.returncode)
@@ -192,15 +216,28 @@ class HttpWorkers:
                 slot.first = False
                 slot.restart_at = now + slot.delay
                 slot.delay = min(slot.delay * 2, MAX_RESTART_DELAY)
-            elif (
-                proc is not None and slot.beat_at is not None and now - slot.beat_at > self.timeout
-            ):
-                log.error("serve.worker_unresponsive", pid=proc.pid, silent_s=now - slot.beat_at)
-                proc.kill()  # reaped and replaced by the next rounds
-                slot.beat_at = now  # one kill per silence
+            elif proc is not None:
+                self._check_alive(slot, proc, now)
             if slot.proc is None and slot.restart_at is not None and now >= slot.restart_at:
-                self._spawn(slot)
+                try:
+                    self._spawn(slot)
+                except OSError as exc:  # out of fds or processes: try again later
+                    log.error("serve.worker_spawn_failed", error=str(exc), delay=slot.delay)
+                    slot.restart_at = now + slot.delay
+                    slot.delay = min(slot.delay * 2, MAX_RESTART_DELAY)
         return False
+
+    def _check_alive(self, slot: _Slot, proc: subprocess.Popen[bytes], now: float) -> None:
+        """Kill a worker silent for ``timeout`` once started, or not started in time; the
+        next rounds reap it (a first worker that never started stops the server)."""
+        if slot.beat_at is not None and now - slot.beat_at > self.timeout:
+            log.error("serve.worker_unresponsive", pid=proc.pid, silent_s=now - slot.beat_at)
+            proc.kill()
+            slot.beat_at = now  # one kill per silence
+        elif slot.beat_at is None and now - slot.started_at > self.startup_timeout + START_MARGIN:
+            log.error("serve.worker_start_timed_out", pid=proc.pid)
+            proc.kill()
+            slot.started_at = now
 
     @staticmethod
     def _heard(slot: _Slot) -> bool:
@@ -220,15 +257,15 @@ class HttpWorkers:
         slot.proc = None
 
     def _stop_all(self, received: Sequence[int]) -> None:
-        """SIGTERM every worker and wait up to grace + 5 s; a second signal, or the time
-        running out, kills the rest."""
+        """SIGTERM every worker and wait up to grace + 5 s; another signal (a second Ctrl-C),
+        or the time running out, kills the rest."""
         live = [s.proc for s in self._slots if s.proc is not None and s.proc.poll() is None]
         for proc in live:
             proc.send_signal(signal.SIGTERM)
         signals_before = len(received)
         deadline = time.monotonic() + self.grace + 5
         while any(p.poll() is None for p in live):
-            if time.monotonic() >= deadline or len(received) > max(1, signals_before):
+            if time.monotonic() >= deadline or len(received) > signals_before:
                 for proc in live:
                     if proc.poll() is None:
                         log.warning("serve.worker_killed", pid=proc.pid)

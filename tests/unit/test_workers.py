@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import socket
+import time
 from collections.abc import Iterator
 
+import anyio
 import pytest
 
 from app import workers
-from app.workers import FIRST_RESTART_DELAY, HttpWorkers, _Slot, claim_port, reuse_port_socket
+from app.workers import (
+    FIRST_RESTART_DELAY,
+    START_MARGIN,
+    HttpWorkers,
+    _Slot,
+    claim_port,
+    heartbeat,
+    reuse_port_socket,
+)
 
 _pids = itertools.count(1000)
 
@@ -23,6 +34,7 @@ class _Proc:
         self.pid = next(_pids)
         self.returncode: int | None = None
         self.beat_w = beat_w
+        self.signals: list[int] = []
 
     def poll(self) -> int | None:
         return self.returncode
@@ -32,6 +44,12 @@ class _Proc:
 
     def beat(self) -> None:
         os.write(self.beat_w, b".")
+
+    def send_signal(self, sig: int) -> None:
+        self.signals.append(sig)
+
+    def wait(self) -> int | None:
+        return self.returncode
 
 
 class _Clock:
@@ -84,6 +102,23 @@ def _live(slot: _Slot) -> _Proc:
     proc = _proc(slot)
     assert proc is not None
     return proc
+
+
+def _run_for(
+    sup: HttpWorkers, clock: _Clock, seconds: float, beating: tuple[int, ...] = ()
+) -> bool:
+    """Tend every 0.5 s (a supervisor that is running) for ``seconds``; the workers of
+    the slots in ``beating`` beat before each round. True if a round said stop."""
+    end = clock.now + seconds
+    stop = False
+    while clock.now < end:
+        clock.now = min(end, clock.now + 0.5)
+        for i in beating:
+            proc = _proc(sup._slots[i])
+            if proc is not None and proc.poll() is None:
+                proc.beat()
+        stop = sup._tend() or stop
+    return stop
 
 
 def _started(sup: HttpWorkers) -> None:
@@ -143,18 +178,12 @@ def test_a_silent_worker_is_killed_and_replaced(supervisor: HttpWorkers, clock: 
     _started(supervisor)
     slot, other = supervisor._slots
     silent = _live(slot)
-    clock.now += 9
-    _live(other).beat()  # the other one keeps beating
-    assert supervisor._tend() is False
-    assert silent.poll() is None  # 9 s of silence: within the 10 s time-out
-    clock.now += 2
-    _live(other).beat()
-    assert supervisor._tend() is False
-    assert silent.poll() == -9  # 11 s: killed
+    assert _run_for(supervisor, clock, 9.5, beating=(1,)) is False  # the other one beats
+    assert silent.poll() is None  # 9.5 s of silence: within the 10 s time-out
+    assert _run_for(supervisor, clock, 1, beating=(1,)) is False
+    assert silent.poll() == -9  # 10.5 s: killed
     assert _live(other).returncode is None
-    assert supervisor._tend() is False  # reaped, restarted after the first delay
-    clock.now += FIRST_RESTART_DELAY
-    assert supervisor._tend() is False
+    assert _run_for(supervisor, clock, 1, beating=(1,)) is False  # reaped, restarted
     assert _live(slot) is not silent
 
 
@@ -164,7 +193,7 @@ def test_a_worker_dead_after_a_steady_run_waits_the_first_delay_again(
     _started(supervisor)
     slot = supervisor._slots[0]
     slot.delay = 8.0  # after earlier crashes
-    clock.now += workers.STEADY_AFTER
+    assert _run_for(supervisor, clock, workers.STEADY_AFTER, beating=(0, 1)) is False
     _live(slot).returncode = -9
     assert supervisor._tend() is False
     assert slot.restart_at == clock.now + FIRST_RESTART_DELAY
@@ -185,3 +214,96 @@ def test_a_claimed_port_refuses_another_server_and_admits_the_workers() -> None:
             accepted.close()
     with claim_port("127.0.0.1", port):  # released with the server
         pass
+
+
+def test_a_paused_supervisor_does_not_kill_its_workers_on_waking(
+    supervisor: HttpWorkers, clock: _Clock
+) -> None:
+    # The whole server frozen (a paused container) for 20 s: on waking, the supervisor may
+    # look before the workers have beaten again. Their silence says nothing then.
+    _started(supervisor)
+    hung, beating = (_live(s) for s in supervisor._slots)
+    clock.now += 20
+    assert supervisor._tend() is False
+    assert _run_for(supervisor, clock, 9.5, beating=(1,)) is False
+    assert hung.poll() is None
+    assert beating.poll() is None
+    # Silent for 10.5 s since the supervisor woke: now worker 0 is a hung worker.
+    assert _run_for(supervisor, clock, 1, beating=(1,)) is False
+    assert hung.poll() == -9
+    assert _live(supervisor._slots[1]) is beating
+
+
+def test_a_worker_that_never_starts_is_killed_after_the_start_up_time_out(
+    supervisor: HttpWorkers, clock: _Clock
+) -> None:
+    supervisor.startup_timeout = 5
+    supervisor._slots[1].proc.beat()  # type: ignore[union-attr]
+    clock.now += 5 + START_MARGIN - 1
+    assert supervisor._tend() is False
+    stuck = _live(supervisor._slots[0])
+    assert stuck.poll() is None
+    clock.now += 1.5
+    assert supervisor._tend() is False
+    assert stuck.poll() == -9
+    assert supervisor._tend() is True  # a first worker that never started: stop the server
+
+
+def test_a_failed_spawn_is_retried_later(
+    supervisor: HttpWorkers, clock: _Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _started(supervisor)
+    slot = supervisor._slots[0]
+    _live(slot).returncode = -9
+    assert supervisor._tend() is False
+    spawn = supervisor._spawn
+
+    def out_of_fds(slot: _Slot) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(supervisor, "_spawn", out_of_fds)
+    clock.now += FIRST_RESTART_DELAY
+    supervisor._slots[1].proc.beat()  # type: ignore[union-attr]
+    assert supervisor._tend() is False  # logged, rescheduled: the server goes on
+    assert _proc(slot) is None
+    monkeypatch.setattr(supervisor, "_spawn", spawn)
+    clock.now += 2 * FIRST_RESTART_DELAY
+    supervisor._slots[1].proc.beat()  # type: ignore[union-attr]
+    assert supervisor._tend() is False
+    assert _proc(slot) is not None
+
+
+def test_another_signal_during_the_stop_kills_the_workers(supervisor: HttpWorkers) -> None:
+    _started(supervisor)
+    received = [signal.SIGTERM]
+    procs = [_live(s) for s in supervisor._slots]
+    polls = 0
+    ignoring = procs[0]
+    real_poll = ignoring.poll
+
+    def poll() -> int | None:  # a worker slow to stop; a second Ctrl-C comes meanwhile
+        nonlocal polls
+        polls += 1
+        if polls == 5:
+            received.append(signal.SIGINT)
+        return real_poll()
+
+    ignoring.poll = poll  # type: ignore[method-assign]
+    procs[1].returncode = 0  # the other stopped at once
+    started = time.monotonic()
+    supervisor._stop_all(received)
+    assert time.monotonic() - started < 2  # not the grace period + 5 s
+    assert procs[0].signals == [signal.SIGTERM]
+    assert procs[0].returncode == -9
+
+
+async def test_the_heartbeat_stops_quietly_once_the_supervisor_is_gone() -> None:
+    # A broken pipe must not fail the worker's lifespan: that would close its pools while
+    # uvicorn drains the requests in flight.
+    beats, beat_w = os.pipe()
+    os.close(beats)
+    try:
+        with anyio.fail_after(2):
+            await heartbeat(beat_w)
+    finally:
+        os.close(beat_w)
