@@ -12,6 +12,7 @@ import dataclasses
 import os
 import signal
 import sys
+import time
 
 import anyio
 import structlog
@@ -26,6 +27,10 @@ from app.worker.flusher import Flusher
 log = structlog.get_logger("tally.flusher")
 
 EXIT_OK, EXIT_UNAVAILABLE, EXIT_HALTED = 0, 1, 3
+# When `tally serve` dies, the kernel can send its flusher child PDEATHSIG's SIGTERM twice
+# (once per reparenting, with a thread in between): a SIGTERM repeated this soon is the
+# same request to stop, not the operator's second signal, which cancels the final flush.
+DUPLICATE_SIGNAL_WINDOW = 1.0
 
 
 async def heartbeat_is_fresh(settings: Settings) -> bool:
@@ -82,14 +87,20 @@ async def _loop(flusher: Flusher) -> int:
 
         async def on_signals() -> None:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                count = 0
+                first: tuple[int, float] | None = None
                 async for signum in signals:
-                    count += 1
-                    if count == 1:
-                        log.info("flusher.stopping", signal=signal.Signals(signum).name)
+                    name = signal.Signals(signum).name
+                    if first is None:
+                        first = (signum, time.monotonic())
+                        log.info("flusher.stopping", signal=name)
                         flusher.request_stop()
+                    elif (
+                        signum == first[0] == signal.SIGTERM
+                        and time.monotonic() - first[1] < DUPLICATE_SIGNAL_WINDOW
+                    ):
+                        log.info("flusher.duplicate_signal_ignored", signal=name)
                     else:
-                        log.warning("flusher.cancelled", signal=signal.Signals(signum).name)
+                        log.warning("flusher.cancelled", signal=name)
                         tg.cancel_scope.cancel()
                         return
 

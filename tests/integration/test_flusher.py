@@ -178,6 +178,42 @@ async def test_sigterm_flushes_hot_data_and_exits_zero(
 
 
 @pytest.mark.slow
+async def test_a_repeated_sigterm_still_flushes_but_sigint_after_it_cancels(
+    settings: Settings, redis: aioredis.Redis, tenant: str
+) -> None:
+    # Two SIGTERMs back to back (what PDEATHSIG can deliver when `tally serve` is killed)
+    # are one request to stop: the final flush completes. SIGINT after SIGTERM is the
+    # operator insisting: the flush is cancelled (nothing lost: the data stays in Redis).
+    for second, cancelled in ((signal.SIGTERM, False), (signal.SIGINT, True)):
+        await redis.delete(HEARTBEAT)
+        truth: Truth = Counter()
+        before = await cold_totals(settings.database_url)
+        # The final flush pauses 0.5 s after each drain: the second signal, 0.2 s after
+        # the first (two pending ones would merge into one), lands while it runs.
+        proc = start_flush(settings, "--interval", "3600", TALLY_FAULT_PAUSE_AT="after_drain:0.5")
+        try:
+            for _ in range(300):
+                if await redis.exists(HEARTBEAT):
+                    break
+                await asyncio.sleep(0.1)
+            assert await redis.exists(HEARTBEAT)
+            await ingest_random(redis, truth, events=300)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            proc.send_signal(second)
+            _, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert ("flusher.cancelled" in err) is cancelled, err[-2000:]
+        if not cancelled:
+            assert proc.returncode == 0, err[-2000:]
+            assert await leftovers(redis) == []
+        assert run_flush(settings, "--once").returncode == 0  # whatever was left
+        assert await cold_totals(settings.database_url) - before == truth
+
+
+@pytest.mark.slow
 async def test_wiped_redis_halts_the_flusher(
     settings: Settings, redis: aioredis.Redis, tenant: str
 ) -> None:
