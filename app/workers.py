@@ -58,17 +58,22 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def reuse_port_socket(host: str, port: int) -> socket.socket:
-    """A worker's TCP socket bound to ``host:port`` with SO_REUSEPORT (not listening yet)."""
+def _bound(host: str, port: int, *options: int) -> socket.socket:
+    """A TCP socket with the SOL_SOCKET ``options`` on, bound to ``host:port``."""
     sock = socket.socket(_family(host), socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        for option in options:
+            sock.setsockopt(socket.SOL_SOCKET, option, 1)
         sock.bind((host, port))
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A worker's TCP socket bound to ``host:port`` with SO_REUSEPORT (not listening yet)."""
+    return _bound(host, port, socket.SO_REUSEADDR, socket.SO_REUSEPORT)
 
 
 def claim_port(host: str, port: int) -> socket.socket:
@@ -80,19 +85,9 @@ def claim_port(host: str, port: int) -> socket.socket:
     connection is ever queued on it, and every later probe (or uvicorn-style bind) fails
     against it, even before the workers listen.
     """
-    family = _family(host)
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((host, port))
+    with _bound(host, port, socket.SO_REUSEADDR) as probe:
         port = probe.getsockname()[1]
-    holder = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        holder.bind((host, port))
-    except BaseException:
-        holder.close()
-        raise
-    return holder
+    return _bound(host, port, socket.SO_REUSEPORT)
 
 
 async def heartbeat(fd: int) -> None:
