@@ -147,3 +147,18 @@ def start_serve(env: dict[str, str], port: int, *args: str) -> subprocess.Popen[
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def finish(
+    proc: subprocess.Popen[str], timeout: float = 40, sig: int | None = None
+) -> tuple[str, str]:
+    """Send ``sig`` (if any) and wait for ``proc`` to exit; its (stdout, stderr). Killed
+    if it is still running after ``timeout`` s or when the wait fails."""
+    try:
+        if sig is not None:
+            proc.send_signal(sig)
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

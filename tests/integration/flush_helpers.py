@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -15,7 +16,7 @@ import redis.asyncio as aioredis
 
 from app.hotpath.events import Event
 from app.hotpath.ingest import IdempotencyConfig, Outcome, apply_events
-from app.hotpath.keys import SHARDS, TenantKeys, as_text
+from app.hotpath.keys import HEARTBEAT, SHARDS, TenantKeys, as_text
 from app.scripts import Scripts
 from app.settings import Settings
 
@@ -117,6 +118,16 @@ def run_flush(
         timeout=timeout,
         check=False,
     )
+
+
+async def first_cycle_done(redis: aioredis.Redis) -> None:
+    """Wait for a flusher's heartbeat, written after its first (empty) cycle: its signal
+    handling is set up by then, and with a long interval no cycle comes soon."""
+    for _ in range(300):  # 30 s
+        if await redis.exists(HEARTBEAT):
+            return
+        await asyncio.sleep(0.1)
+    assert await redis.exists(HEARTBEAT), "no flusher heartbeat"
 
 
 def kill(proc: subprocess.Popen[str], sig: int = signal.SIGKILL) -> tuple[str, str]:

@@ -36,6 +36,7 @@ from app.worker.flusher import Flusher
 from tests.integration.flush_helpers import (
     Truth,
     cold_totals,
+    first_cycle_done,
     ingest_random,
     kill,
     leftovers,
@@ -157,13 +158,7 @@ async def test_sigterm_flushes_hot_data_and_exits_zero(
     truth: Truth = Counter()
     proc = start_flush(settings, "--interval", "3600")
     try:
-        # Wait for the first (empty) cycle's heartbeat: signal handling is set up by then,
-        # and the next cycle is an hour away.
-        for _ in range(300):
-            if await redis.exists(HEARTBEAT):
-                break
-            await asyncio.sleep(0.1)
-        assert await redis.exists(HEARTBEAT)
+        await first_cycle_done(redis)  # the next cycle is an hour away
         await ingest_random(redis, truth, events=300)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -192,11 +187,7 @@ async def test_a_repeated_sigterm_still_flushes_but_sigint_after_it_cancels(
         # the first (two pending ones would merge into one), lands while it runs.
         proc = start_flush(settings, "--interval", "3600", TALLY_FAULT_PAUSE_AT="after_drain:0.5")
         try:
-            for _ in range(300):
-                if await redis.exists(HEARTBEAT):
-                    break
-                await asyncio.sleep(0.1)
-            assert await redis.exists(HEARTBEAT)
+            await first_cycle_done(redis)
             await ingest_random(redis, truth, events=300)
             proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.2)

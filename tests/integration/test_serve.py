@@ -17,11 +17,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from app.apikeys import Scope
-from app.embedded import free_port
+from app.embedded import descendants, free_port
 from app.hotpath.keys import HEARTBEAT
 from app.settings import Settings
+from tests.integration.flush_helpers import first_cycle_done
 from tests.keys import make_key
-from tests.servers import process_env, start_serve
+from tests.servers import finish, process_env, start_serve
 
 pytestmark = pytest.mark.slow
 
@@ -56,13 +57,12 @@ async def test_serve_flushes_and_stops_on_sigterm(
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 try:
-                    # Ready, and the flusher's first (empty) cycle done: its heartbeat.
-                    ready = (await client.get("/ready")).status_code == 200
-                    if ready and await redis.exists(HEARTBEAT):
+                    if (await client.get("/ready")).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass
                 await asyncio.sleep(0.2)
+            await first_cycle_done(redis)  # ingest only after the flusher's first cycle
             for i in range(30):
                 response = await client.post(
                     "/api/v1/usage",
@@ -72,12 +72,8 @@ async def test_serve_flushes_and_stops_on_sigterm(
                 assert response.status_code == 202
         # The interval is an hour: only the first (empty) cycle ran, nothing is flushed yet.
         assert await _flushed_total(database_url) == 0
-        server.send_signal(signal.SIGTERM)
-        _, err = server.communicate(timeout=40)
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.communicate()
+        _, err = finish(server, sig=signal.SIGTERM)
     assert server.returncode == 0, err[-3000:]
     assert await _flushed_total(database_url) == Decimal("45")  # the final flush
 
@@ -88,18 +84,15 @@ API_WORKER = b"-m\x00app.asgi\x00"
 
 
 def _children(pid: int, marker: bytes) -> list[int]:
-    """Child processes of ``pid`` whose command line contains ``marker``."""
+    """Processes under ``pid`` whose command line contains ``marker``."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for child in descendants(pid)[1:]:
         try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
         except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and marker in cmdline:
-            found.append(int(entry.name))
+            continue  # exited meanwhile
+        if marker in cmdline:
+            found.append(child)
     return found
 
 
@@ -120,12 +113,8 @@ def test_serve_restarts_a_dead_flusher(settings: Settings, database_url: str) ->
                 break
             time.sleep(0.1)
         assert restarted, "the flusher was not restarted"
-        server.send_signal(signal.SIGTERM)
-        _, err = server.communicate(timeout=40)
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.communicate()
+        _, err = finish(server, sig=signal.SIGTERM)
     assert server.returncode == 0, err[-3000:]
     # The restarted flusher got one SIGTERM, not two: a second one (from the thread that
     # restarted it ending) would cancel its final flush.
@@ -182,13 +171,7 @@ def _wait_listening(port: int, count: int, timeout: float = 30) -> set[str]:
 
 
 def _stop(server: subprocess.Popen[str]) -> tuple[int, str]:
-    server.send_signal(signal.SIGTERM)
-    try:
-        _, err = server.communicate(timeout=40)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.communicate()
+    _, err = finish(server, sig=signal.SIGTERM)
     return server.returncode, err
 
 
@@ -234,41 +217,35 @@ def _replaced(server: subprocess.Popen[str], port: int, gone: int) -> None:
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
 
 
-def test_a_dead_worker_is_replaced(settings: Settings, database_url: str) -> None:
-    port = free_port()
-    env = process_env(settings.redis_url, database_url, TALLY_LOG_LEVEL="warning")
-    server = start_serve(env, port, "--workers", "2", "--no-flusher")
-    try:
-        _wait_ready(port)
-        _wait_listening(port, 2)
-        first, second = _children(server.pid, API_WORKER)
-        os.kill(first, signal.SIGKILL)
-        _replaced(server, port, first)
-        assert second in _children(server.pid, API_WORKER)
-    finally:
-        code, err = _stop(server)
-    assert code == 0, err[-3000:]
-    assert "serve.worker_died" in err
-
-
-def test_a_silent_worker_is_killed_and_replaced(settings: Settings, database_url: str) -> None:
-    # A stopped worker keeps its share of new connections (its own socket): its heartbeat
-    # stops, and after TALLY_WORKER_TIMEOUT the supervisor kills and replaces it.
+@pytest.mark.parametrize(
+    ("sig", "timeout", "event"),
+    [
+        (signal.SIGKILL, "10", "serve.worker_died"),
+        # A stopped worker keeps its share of new connections (its own socket): its
+        # heartbeat stops, and after TALLY_WORKER_TIMEOUT the supervisor kills it.
+        (signal.SIGSTOP, "3", "serve.worker_unresponsive"),
+    ],
+    ids=["dead", "silent"],
+)
+def test_a_dead_or_silent_worker_is_replaced(
+    settings: Settings, database_url: str, sig: int, timeout: str, event: str
+) -> None:
     port = free_port()
     env = process_env(
-        settings.redis_url, database_url, TALLY_LOG_LEVEL="warning", TALLY_WORKER_TIMEOUT="3"
+        settings.redis_url, database_url, TALLY_LOG_LEVEL="warning", TALLY_WORKER_TIMEOUT=timeout
     )
     server = start_serve(env, port, "--workers", "2", "--no-flusher")
     try:
         _wait_ready(port)
         _wait_listening(port, 2)
-        first, _ = _children(server.pid, API_WORKER)
-        os.kill(first, signal.SIGSTOP)
+        first, second = _children(server.pid, API_WORKER)
+        os.kill(first, sig)
         _replaced(server, port, first)
+        assert second in _children(server.pid, API_WORKER)
     finally:
         code, err = _stop(server)
     assert code == 0, err[-3000:]
-    assert "serve.worker_unresponsive" in err
+    assert event in err
 
 
 def test_a_worker_that_cannot_start_stops_the_server(database_url: str) -> None:
@@ -281,12 +258,7 @@ def test_a_worker_that_cannot_start_stops_the_server(database_url: str) -> None:
         TALLY_LOG_LEVEL="info",
     )
     server = start_serve(env, free_port(), "--workers", "2", "--no-flusher")
-    try:
-        _, err = server.communicate(timeout=60)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.communicate()
+    _, err = finish(server, timeout=60)
     assert server.returncode == 1, err[-3000:]
     assert "serve.worker_failed_to_start" in err
 
@@ -303,11 +275,6 @@ def test_a_port_in_use_is_refused(settings: Settings, database_url: str) -> None
         port = taken.getsockname()[1]
         env = process_env(settings.redis_url, database_url)
         server = start_serve(env, port, "--workers", "2", "--no-flusher")
-        try:
-            _, err = server.communicate(timeout=30)
-        finally:
-            if server.poll() is None:
-                server.kill()
-                server.communicate()
+        _, err = finish(server, timeout=30)
     assert server.returncode == 1
     assert "serve.port_in_use" in err
