@@ -50,6 +50,20 @@ def die_with_parent(sig: int) -> None:
 PARENT_ENV = "TALLY_PARENT_PID"
 
 
+def start_child(module: str, *args: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+    """``python -P -m module args`` as a supervised child: in its own session (a
+    terminal's Ctrl-C reaches only this process, which stops it with one SIGTERM), never
+    outliving this process (:func:`follow_parent`, which the module calls first), and never
+    importing from the current directory (-P: a folder named app/ there would shadow Tally).
+    """
+    return subprocess.Popen(
+        [sys.executable, "-P", "-m", module, *args],
+        env={**os.environ, PARENT_ENV: str(os.getpid())},
+        start_new_session=True,
+        pass_fds=pass_fds,
+    )
+
+
 def follow_parent() -> None:
     """In a child started with ``TALLY_PARENT_PID``: get SIGTERM when that parent (the
     thread that started this process) dies, or exit now if it already has. Done here, in

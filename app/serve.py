@@ -6,7 +6,6 @@ import errno
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -15,7 +14,7 @@ import structlog
 import uvicorn
 
 from app.application import create_app
-from app.embedded import PARENT_ENV
+from app.embedded import start_child
 from app.metrics import MULTIPROC_ENV, mark_process_dead, prepare_multiprocess_dir
 from app.settings import Settings
 from app.signals import exit_quietly_on_signals
@@ -109,14 +108,9 @@ class _FlusherSupervisor:
         self._thread = threading.Thread(target=self._watch, name="flusher-supervisor", daemon=True)
 
     def _spawn(self) -> None:
-        # Its own session: a terminal's Ctrl-C reaches only `tally serve`, which then stops
-        # the flusher with one SIGTERM (a second signal would cancel its final flush).
-        # PARENT_ENV: it never outlives the server (app.embedded.follow_parent).
-        self._child = subprocess.Popen(
-            [sys.executable, "-P", "-m", "app.worker"],
-            env={**os.environ, PARENT_ENV: str(os.getpid())},
-            start_new_session=True,
-        )
+        # start_child: one SIGTERM from `tally serve` stops it (a second signal would cancel
+        # its final flush), and it never outlives the server.
+        self._child = start_child("app.worker")
 
     def start(self) -> None:
         self._spawn()

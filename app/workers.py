@@ -29,7 +29,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 import anyio
 import structlog
 
-from app.embedded import PARENT_ENV
+from app.embedded import start_child
 from app.metrics import mark_process_dead
 
 log = structlog.get_logger("tally.workers")
@@ -138,16 +137,10 @@ class HttpWorkers:
         beats, beat_w = os.pipe()
         os.set_blocking(beats, False)
         try:
-            slot.proc = subprocess.Popen(
-                # -P: never import from the current directory (a folder named app/ there
-                # would shadow Tally).
-                [
-                    *(sys.executable, "-P", "-m", "app.asgi"),
-                    *("--host", self.host, "--port", str(self.port)),
-                    *("--heartbeat-fd", str(beat_w)),
-                ],
-                env={**os.environ, PARENT_ENV: str(os.getpid())},
-                start_new_session=True,
+            slot.proc = start_child(
+                "app.asgi",
+                *("--host", self.host, "--port", str(self.port)),
+                *("--heartbeat-fd", str(beat_w)),
                 pass_fds=(beat_w,),
             )
         except BaseException:
