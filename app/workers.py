@@ -25,12 +25,14 @@ The supervisor:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -51,6 +53,8 @@ HEARTBEAT_INTERVAL = 1.0
 PAUSED_AFTER = 2.0
 # A worker that has not started this long after its start-up time-out is killed.
 START_MARGIN = 10.0
+# How long a claim of a port waits for another server's claim of it to finish.
+CLAIM_LOCK_WAIT = 2.0
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -75,18 +79,46 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return _bound(host, port, socket.SO_REUSEADDR, socket.SO_REUSEPORT)
 
 
-def claim_port(host: str, port: int) -> socket.socket:
+def claim_port(host: str, port: int, *, lock_wait: float = CLAIM_LOCK_WAIT) -> socket.socket:
     """Hold ``host:port`` for this server (a free port for 0); OSError if anything else
     holds it, another ``tally serve`` included.
 
-    An ordinary bind fails if anything listens on the port. The socket returned has
-    SO_REUSEPORT but not SO_REUSEADDR and never listens: the workers bind beside it, no
+    An ordinary bind (the probe) fails if anything listens on the port. The socket returned
+    has SO_REUSEPORT but not SO_REUSEADDR and never listens: the workers bind beside it, no
     connection is ever queued on it, and every later probe (or uvicorn-style bind) fails
-    against it, even before the workers listen.
+    against it, even before the workers listen. Probe and holder are two binds, so two
+    servers claiming the port at the same instant could both pass the probe before either
+    holds: :func:`_claim_lock` makes their claims take turns.
     """
-    with _bound(host, port, socket.SO_REUSEADDR) as probe:
-        port = probe.getsockname()[1]
-    return _bound(host, port, socket.SO_REUSEPORT)
+    if port == 0:
+        with _bound(host, 0, socket.SO_REUSEADDR) as probe:
+            port = probe.getsockname()[1]
+    with _claim_lock(port, lock_wait):
+        with _bound(host, port, socket.SO_REUSEADDR):
+            pass
+        return _bound(host, port, socket.SO_REUSEPORT)
+
+
+@contextlib.contextmanager
+def _claim_lock(port: int, wait: float) -> Iterator[None]:
+    """Hold the host-wide lock on claims of ``port`` (any address): a Unix socket bound in
+    the abstract namespace, which the kernel releases when its holder exits, however it
+    exits. A claim takes microseconds, so a busy lock is waited for (up to ``wait``
+    seconds); then this claim's probe meets the other server's holder."""
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            try:
+                lock.bind(f"\0tally-serve-claim-port-{port}")
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.001)
+        yield
+    finally:
+        lock.close()
 
 
 async def heartbeat(fd: int) -> None:

@@ -7,6 +7,7 @@ import itertools
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -214,6 +215,28 @@ def test_a_claimed_port_refuses_another_server_and_admits_the_workers() -> None:
             accepted.close()
     with claim_port("127.0.0.1", port):  # released with the server
         pass
+
+
+def test_claims_of_one_port_take_turns() -> None:
+    # Probe and holder are two binds: a claim made while another server's claim of the
+    # port is under way (its lock held) waits for it, and fails if it never ends.
+    with claim_port("127.0.0.1", 0) as free:
+        port = free.getsockname()[1]
+    with workers._claim_lock(port, 0), pytest.raises(OSError, match="in use"):
+        claim_port("127.0.0.1", port, lock_wait=0.05)
+    claimed: list[socket.socket] = []
+    with workers._claim_lock(port, 0):
+        waiting = threading.Thread(
+            target=lambda: claimed.append(claim_port("127.0.0.1", port, lock_wait=10))
+        )
+        waiting.start()
+        waiting.join(0.2)
+        assert waiting.is_alive()
+        assert not claimed
+    waiting.join(10)
+    assert len(claimed) == 1
+    assert claimed[0].getsockname()[1] == port
+    claimed[0].close()
 
 
 def test_a_paused_supervisor_does_not_kill_its_workers_on_waking(
