@@ -20,7 +20,12 @@ The supervisor:
 - restarts a worker that dies, with backoff;
 - stops everything (exit 1) when one of the first workers dies before its first heartbeat:
   the app cannot start, and restarting would fail the same way. A replacement that cannot
-  start (say Redis is down) is retried.
+  start (say Redis is down) is retried;
+- runs the server's one flusher (``python -m app.worker``) beside the workers, restarts it
+  with backoff if it dies (not if it halted, exit 3: it would halt again; the operator
+  acts), and stops it last, after the workers, so its final flush sees every acknowledged
+  event. It is tended by the same loop as the workers, from the main thread (PDEATHSIG
+  follows the thread that started a child).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import structlog
 
 from app.embedded import start_child
 from app.metrics import mark_process_dead
+from app.worker.main import EXIT_HALTED
 
 log = structlog.get_logger("tally.workers")
 
@@ -149,11 +155,15 @@ class _Slot:
     # Still the worker started with the server: if it cannot start, the configuration is
     # wrong. A replacement that cannot start (say Redis is down) is retried instead.
     first: bool = True
+    # The flusher's: how its last process ended (None while none has ended).
+    exit_code: int | None = None
+    halted: bool = False
 
 
 @dataclass
 class HttpWorkers:
-    """Runs ``count`` API workers on ``host:port`` until a signal arrives."""
+    """Runs ``count`` API workers on ``host:port`` (and the flusher, with ``flusher``)
+    until a signal arrives."""
 
     count: int
     host: str
@@ -161,9 +171,18 @@ class HttpWorkers:
     grace: float
     timeout: float = 10.0
     startup_timeout: float = 30.0
+    flusher: bool = False
     clock: Callable[[], float] = time.monotonic
     _slots: list[_Slot] = field(default_factory=list)
+    _flusher: _Slot | None = None
     _tended_at: float | None = None
+
+    def _spawn_flusher(self, slot: _Slot) -> None:
+        # start_child: one SIGTERM from `tally serve` stops it (a second signal would cancel
+        # its final flush), and it never outlives the server.
+        slot.proc = start_child("app.worker")
+        slot.started_at = self.clock()
+        slot.restart_at = None
 
     def _spawn(self, slot: _Slot) -> None:
         beats, beat_w = os.pipe()
@@ -189,8 +208,11 @@ class HttpWorkers:
         """Serve until ``received`` (filled by signal handlers) is not empty; 0 after a
         signal, 1 when the app cannot start."""
         self._slots = [_Slot() for _ in range(self.count)]
+        self._flusher = _Slot() if self.flusher else None
         code = 0
         try:
+            if self._flusher is not None:
+                self._spawn_flusher(self._flusher)
             for slot in self._slots:
                 self._spawn(slot)
             log.info(
@@ -205,7 +227,8 @@ class HttpWorkers:
                 time.sleep(0.1)
         finally:
             self._stop_all(received)
-        return code
+            flusher_code = self._stop_flusher()
+        return code or flusher_code
 
     def _tend(self) -> bool:
         """Read heartbeats, kill unresponsive workers, restart dead ones when their delay
@@ -234,18 +257,30 @@ class HttpWorkers:
                     "serve.worker_died", pid=proc.pid, code=proc.returncode, delay=slot.delay
                 )
                 slot.first = False
-                slot.restart_at = now + slot.delay
-                slot.delay = min(slot.delay * 2, MAX_RESTART_DELAY)
+                _restart_later(slot, now)
             elif proc is not None:
                 self._check_alive(slot, proc, now)
-            if slot.proc is None and slot.restart_at is not None and now >= slot.restart_at:
-                try:
-                    self._spawn(slot)
-                except OSError as exc:  # out of fds or processes: try again later
-                    log.error("serve.worker_spawn_failed", error=str(exc), delay=slot.delay)
-                    slot.restart_at = now + slot.delay
-                    slot.delay = min(slot.delay * 2, MAX_RESTART_DELAY)
+            _spawn_when_due(slot, now, self._spawn, "serve.worker_spawn_failed")
+        if self._flusher is not None:
+            self._tend_flusher(self._flusher, now)
         return False
+
+    def _tend_flusher(self, slot: _Slot, now: float) -> None:
+        """Restart a dead flusher when its delay is over; a halted one stays down."""
+        proc = slot.proc
+        if proc is not None and proc.poll() is not None:
+            mark_process_dead(proc.pid)
+            slot.proc = None
+            slot.exit_code = proc.returncode
+            if proc.returncode == EXIT_HALTED:
+                log.error("flusher.halted_not_restarted", pid=proc.pid, code=proc.returncode)
+                slot.halted = True
+                return
+            if now - slot.started_at >= STEADY_AFTER:
+                slot.delay = FIRST_RESTART_DELAY
+            log.warning("flusher.restarting", pid=proc.pid, code=proc.returncode, delay=slot.delay)
+            _restart_later(slot, now)
+        _spawn_when_due(slot, now, self._spawn_flusher, "flusher.spawn_failed")
 
     def _check_alive(self, slot: _Slot, proc: subprocess.Popen[bytes], now: float) -> None:
         """Kill a worker silent for ``timeout`` once started, or not started in time; the
@@ -296,3 +331,49 @@ class HttpWorkers:
         for slot in self._slots:
             if slot.proc is not None:
                 self._reap(slot, slot.proc)
+
+    def _stop_flusher(self) -> int:
+        """SIGTERM the flusher once the workers are gone and give its final flush grace +
+        5 s, then kill it. 0 if it stopped cleanly; 3 if it had halted; 1 if it died or was
+        killed (no final flush ran: what it had not flushed waits in Redis for the next)."""
+        slot = self._flusher
+        if slot is None:
+            return 0
+        proc = slot.proc
+        if proc is None:  # halted, or dead and waiting to be restarted
+            return _flusher_exit(slot.exit_code)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=self.grace + 5)
+            except subprocess.TimeoutExpired:
+                log.warning("flusher.killed", pid=proc.pid)
+                proc.kill()
+                proc.wait()
+        mark_process_dead(proc.pid)
+        slot.proc = None
+        return _flusher_exit(proc.returncode)
+
+
+def _flusher_exit(code: int | None) -> int:
+    if code in (None, 0, -signal.SIGTERM):
+        return 0
+    return EXIT_HALTED if code == EXIT_HALTED else 1
+
+
+def _restart_later(slot: _Slot, now: float) -> None:
+    slot.restart_at = now + slot.delay
+    slot.delay = min(slot.delay * 2, MAX_RESTART_DELAY)
+
+
+def _spawn_when_due(
+    slot: _Slot, now: float, spawn: Callable[[_Slot], None], failed_event: str
+) -> None:
+    """Start the slot's process if its restart time has come; a failed start (out of fds
+    or processes) is tried again after the next delay."""
+    if slot.proc is None and slot.restart_at is not None and now >= slot.restart_at:
+        try:
+            spawn(slot)
+        except OSError as exc:
+            log.error(failed_event, error=str(exc), delay=slot.delay)
+            _restart_later(slot, now)

@@ -116,8 +116,9 @@ def test_serve_restarts_a_dead_flusher(settings: Settings, database_url: str) ->
     finally:
         _, err = finish(server, sig=signal.SIGTERM)
     assert server.returncode == 0, err[-3000:]
-    # The restarted flusher got one SIGTERM, not two: a second one (from the thread that
-    # restarted it ending) would cancel its final flush.
+    # The restarted flusher got one SIGTERM, not two: a second one would cancel its final
+    # flush (PDEATHSIG follows the thread that started a child: the supervisor restarts it
+    # from the main thread, which outlives it).
     assert "flusher.cancelled" not in err, err[-3000:]
 
 

@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 from app import workers
+from app.worker.main import EXIT_HALTED
 from app.workers import (
     FIRST_RESTART_DELAY,
     START_MARGIN,
@@ -49,7 +50,7 @@ class _Proc:
     def send_signal(self, sig: int) -> None:
         self.signals.append(sig)
 
-    def wait(self) -> int | None:
+    def wait(self, timeout: float | None = None) -> int | None:
         return self.returncode
 
 
@@ -318,6 +319,84 @@ def test_another_signal_during_the_stop_kills_the_workers(supervisor: HttpWorker
     assert time.monotonic() - started < 2  # not the grace period + 5 s
     assert procs[0].signals == [signal.SIGTERM]
     assert procs[0].returncode == -9
+
+
+@pytest.fixture
+def flushers(
+    supervisor: HttpWorkers, clock: _Clock, monkeypatch: pytest.MonkeyPatch
+) -> list[_Proc]:
+    """The supervisor runs a flusher too: every flusher process it starts, in order."""
+    started: list[_Proc] = []
+
+    def spawn_flusher(slot: _Slot) -> None:
+        started.append(_Proc(-1))  # a flusher writes no heartbeat to the supervisor
+        slot.proc = started[-1]  # type: ignore[assignment]
+        slot.started_at = clock()
+        slot.restart_at = None
+
+    monkeypatch.setattr(supervisor, "_spawn_flusher", spawn_flusher)
+    supervisor._flusher = _Slot()
+    supervisor._spawn_flusher(supervisor._flusher)
+    return started
+
+
+def test_a_dead_flusher_is_restarted_with_backoff_but_a_halted_one_is_not(
+    supervisor: HttpWorkers, clock: _Clock, flushers: list[_Proc]
+) -> None:
+    _started(supervisor)
+    flushers[0].returncode = -9
+    assert supervisor._tend() is False
+    clock.now += FIRST_RESTART_DELAY - 0.1
+    assert supervisor._tend() is False
+    assert len(flushers) == 1
+    clock.now += 0.1
+    assert supervisor._tend() is False
+    assert len(flushers) == 2
+    flushers[1].returncode = 1  # died again: the delay doubles
+    assert supervisor._tend() is False
+    clock.now += 2 * FIRST_RESTART_DELAY - 0.1
+    assert supervisor._tend() is False
+    assert len(flushers) == 2
+    clock.now += 0.1
+    assert supervisor._tend() is False
+    assert len(flushers) == 3
+    flushers[2].returncode = EXIT_HALTED  # it would halt again: the operator acts
+    assert _run_for(supervisor, clock, 120, beating=(0, 1)) is False
+    assert len(flushers) == 3
+    assert supervisor._stop_flusher() == EXIT_HALTED  # the server's exit code
+
+
+def test_the_flusher_gets_one_sigterm_once_the_workers_are_gone(
+    supervisor: HttpWorkers, flushers: list[_Proc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its final flush must see every event the workers acknowledged, and a second SIGTERM
+    # would cancel it.
+    events: list[tuple[int, int]] = []
+
+    def send_signal(proc: _Proc, sig: int) -> None:
+        events.append((proc.pid, sig))
+        proc.returncode = -sig
+
+    monkeypatch.setattr(_Proc, "send_signal", send_signal)
+    supervisor.flusher = True
+    flusher = flushers[0]
+    monkeypatch.setattr(supervisor, "_spawn_flusher", lambda slot: setattr(slot, "proc", flusher))
+    assert supervisor.run([signal.SIGTERM]) == 0  # a stop requested before any tending
+    worker_pids = {pid for pid, _ in events[:2]}
+    assert flusher.pid not in worker_pids
+    assert len(worker_pids) == 2
+    assert events[2:] == [(flusher.pid, signal.SIGTERM)]
+
+
+def test_a_flusher_dead_at_the_stop_fails_the_exit_code(
+    supervisor: HttpWorkers, flushers: list[_Proc]
+) -> None:
+    # Killed and waiting for its restart when the server stops: no final flush ran (what
+    # it had not flushed waits in Redis for the next flusher), and the exit code says so.
+    _started(supervisor)
+    flushers[0].returncode = -9
+    assert supervisor._tend() is False
+    assert supervisor._stop_flusher() == 1
 
 
 async def test_the_heartbeat_stops_quietly_once_the_supervisor_is_gone() -> None:
