@@ -302,8 +302,7 @@ Groups = Mapping[str, "list[int] | Tree"]
 
 def server_groups(root: int) -> dict[str, list[int]]:
     """CPU groups of a server: its whole process tree (``api``), and each worker alone
-    (``worker <pid>``: Tally's ``python -m app.asgi``, or a uvicorn worker of the no-op app,
-    whose shared listening socket does not spread connections evenly)."""
+    (``worker <pid>``: Tally's ``python -m app.asgi``, or a worker of the no-op app)."""
     tree = descendants(root)
     groups = {"api": tree}
     for pid in tree:
@@ -311,7 +310,7 @@ def server_groups(root: int) -> dict[str, list[int]]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"spawn_main" in cmdline or b"app.asgi" in cmdline:
+        if b"app.asgi" in cmdline or b"--workers\x001" in cmdline:
             groups[f"worker {pid}"] = [pid]
     return groups
 

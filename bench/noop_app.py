@@ -12,12 +12,18 @@ It has no ``main()`` on purpose: ``python -m bench`` runs each module's ``main()
 from __future__ import annotations
 
 import argparse
+import signal
+import subprocess
+import sys
+import threading
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from app.workers import claim_port, reuse_port_socket
 
 ACCEPTED = b'{"status":"accepted"}'
 
@@ -42,22 +48,41 @@ app = Starlette(
 
 
 def serve() -> None:
-    """Run the no-op app under uvicorn with ``tally serve``'s options."""
+    """Run the no-op app with ``tally serve``'s uvicorn options and socket layout: with
+    ``--workers N`` (N > 1), N processes that each listen on their own ``SO_REUSEPORT``
+    socket (``app/workers.py``), so the ceiling is spread over the workers like Tally."""
     parser = argparse.ArgumentParser(prog="python -m bench.noop_app")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8099)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    uvicorn.run(
-        "bench.noop_app:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=10,
-    )
+    if args.workers <= 1:
+        sock = reuse_port_socket(args.host, args.port)
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=10,
+        )
+        uvicorn.Server(config).run(sockets=[sock])
+        return
+    with claim_port(args.host, args.port):
+        one = [sys.executable, "-m", "bench.noop_app", "--host", args.host]
+        procs = [
+            subprocess.Popen([*one, "--port", str(args.port), "--workers", "1"])
+            for _ in range(args.workers)
+        ]
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(0.2) and all(p.poll() is None for p in procs):
+            pass
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            proc.wait()
 
 
 if __name__ == "__main__":
