@@ -1,7 +1,8 @@
 """JSON in and out, exactly.
 
-In: duplicate keys, NaN and Infinity are refused and every number with a fraction or an
-exponent becomes a :class:`~decimal.Decimal` (0.1 is one tenth, never a binary float).
+In: duplicate keys are refused; every number with a fraction or an exponent becomes a
+:class:`~decimal.Decimal` (0.1 is one tenth, never a binary float); NaN and Infinity (not
+JSON, but written by Python's json module) become infinite Decimals that validation refuses.
 Out: :class:`~decimal.Decimal` values are written as JSON numbers digit for digit.
 """
 
@@ -27,8 +28,12 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _no_constants(name: str) -> Any:
-    raise JSONDecodeError(f"{name} is not a number Tally accepts")
+def _non_finite(name: str) -> Decimal:
+    # JSON has no NaN or Infinity, but Python's json.dumps (and so many clients) writes them.
+    # CONTRACT §2 refuses them with 422, field by field: they parse as a non-finite number,
+    # which every validator refuses ("must be finite"), like an exponent beyond range. NaN
+    # becomes Infinity, so no comparison ever meets a NaN.
+    return Decimal("-Infinity") if name.startswith("-") else Decimal("Infinity")
 
 
 def _exact_decimal(text: str) -> Decimal:
@@ -53,7 +58,7 @@ def loads(body: bytes | str) -> Any:
             object_pairs_hook=_no_duplicates,
             parse_float=_exact_decimal,
             parse_int=_exact_int,
-            parse_constant=_no_constants,
+            parse_constant=_non_finite,
         )
     except JSONDecodeError:
         raise
