@@ -34,6 +34,18 @@ def _interval(text: str) -> float:
     return float(value)
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port (0-65535): {text!r}")
+    return int(text)
+
+
+def _workers(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1: {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="tally", description=__doc__)
@@ -54,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the HTTP API (and the flusher)")
     serve.add_argument("--host", default="0.0.0.0")  # noqa: S104 - a server listens
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--port", type=_port, default=8080)
+    serve.add_argument("--workers", type=_workers, default=1)
     serve.add_argument("--no-flusher", action="store_true")
 
     flush = sub.add_parser("flush", help="run the standalone flusher")
@@ -66,13 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     flush.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         default=0,
         help="serve Prometheus metrics on this port (off by default)",
     )
 
     dev = sub.add_parser("dev", help="everything on one machine, no set-up")
-    dev.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    # A string default goes through type= too: a bad PORT is refused like a bad --port.
+    dev.add_argument("--port", type=_port, default=os.environ.get("PORT", "8080"))
     dev.add_argument("--host", default="127.0.0.1")
     return parser
 
