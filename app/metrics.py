@@ -75,6 +75,8 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        for outcome in ("accepted", "duplicate", "conflict", "rejected"):
+            self.ingest_events.labels(outcome)  # every outcome's series from the start, at 0
         self.redis_errors = Counter(
             "tally_redis_errors_total",
             "Redis calls that failed (unavailable, timeout, OOM).",
@@ -166,22 +168,25 @@ class Metrics:
 
 
 _current: Metrics | None = None
+# Tally's own registry, not prometheus_client's default one: that one also carries the
+# library's process_* and python_* collectors, and CONTRACT §2 says every metric name
+# starts with tally_ (and with --workers N they were missing, so /metrics changed shape).
+_REGISTRY = CollectorRegistry(auto_describe=True)
+_rendered = _REGISTRY  # what /metrics shows: _REGISTRY, or a test's (use_registry)
 
 
 def metrics() -> Metrics:
-    """The process's metrics (created on first use, on the default registry)."""
+    """The process's metrics (created on first use, on Tally's registry)."""
     global _current  # noqa: PLW0603 - prometheus metrics are process-wide by nature
     if _current is None:
-        from prometheus_client import REGISTRY
-
-        _current = Metrics(REGISTRY)
+        _current = Metrics(_REGISTRY)
     return _current
 
 
 def use_registry(registry: CollectorRegistry) -> Metrics:
     """Replace the process's metrics with ones on ``registry`` (tests: a fresh registry)."""
-    global _current  # noqa: PLW0603
-    _current = Metrics(registry)
+    global _current, _rendered
+    _current, _rendered = Metrics(registry), registry
     return _current
 
 
@@ -196,9 +201,7 @@ def render() -> bytes:
         registry = CollectorRegistry()
         prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
-    from prometheus_client import REGISTRY
-
-    return generate_latest(REGISTRY)
+    return generate_latest(_rendered)
 
 
 def prepare_multiprocess_dir(path: Path) -> None:
@@ -217,4 +220,4 @@ def mark_process_dead(pid: int) -> None:
 def serve_metrics(port: int) -> None:
     """Serve this process's metrics on ``port`` (a daemon thread)."""
     metrics()
-    start_http_server(port, addr="0.0.0.0")  # noqa: S104 - scraped from other hosts
+    start_http_server(port, addr="0.0.0.0", registry=_REGISTRY)  # noqa: S104 - scraped remotely

@@ -218,3 +218,40 @@ def test_two_workers_report_exact_totals(
         server.terminate()
         _, err = server.communicate(timeout=30)
     assert server.returncode == 0, err[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_name_starts_with_tally_and_outcomes_show_before_traffic(
+    settings: Settings, database_url: str, tmp_path: Path, workers: int
+) -> None:
+    # CONTRACT §2: metric names start with tally_ (prometheus_client's default registry
+    # adds process_* and python_*), and the outcome series are there at 0 from the start.
+    port = free_port()
+    env = process_env(
+        settings.redis_url,
+        settings.database_url,
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"),
+        TALLY_LOG_LEVEL="warning",
+    )
+    if workers == 1:
+        del env["PROMETHEUS_MULTIPROC_DIR"]
+    server = start_serve(env, port, "--workers", str(workers), "--no-flusher")
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        samples = _scrape(port)
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    assert server.returncode == 0, err[-2000:]
+    names = {name for name, _ in samples}
+    assert names
+    assert {name for name in names if not name.startswith("tally_")} == set()
+    for outcome in ("accepted", "duplicate", "conflict", "rejected"):
+        assert samples[("tally_ingest_events_total", (("outcome", outcome),))] == 0
