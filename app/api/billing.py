@@ -24,11 +24,11 @@ from app.plans import Plan, parse_plan
 from app.pricing import bill_to_json, price_bill
 from app.quantities import format_quantity
 from app.responses import JSONResponse
-from app.timestamps import Period, TimestampError, format_utc, parse_rfc3339
+from app.timestamps import HOUR_NS, NS, Period, TimestampError, format_utc, parse_rfc3339
 from app.usage_reads import CustomerUsage, read_customer_usage
 
 READ = (Scope.READ, Scope.ADMIN)
-MAX_RANGE = timedelta(days=100)
+MAX_RANGE_NS = 100 * 24 * HOUR_NS
 # The last hour datetime can hold a following hour for: hours are clamped to it, so a
 # range ending in the last hour of 9999 never builds a datetime in year 10000.
 _LAST_HOUR = int(datetime(9999, 12, 31, 22, tzinfo=UTC).timestamp()) // 3600
@@ -93,36 +93,34 @@ async def get_bill(request: Request) -> Response:
     return JSONResponse(body)
 
 
-def _range(request: Request) -> tuple[datetime, datetime]:
+def _range(request: Request) -> tuple[int, int]:
+    """``from`` and ``to`` in nanoseconds since the epoch, exactly as sent (RFC 3339 takes
+    nanoseconds: cutting them to microseconds moved an hour in or out of range)."""
     now = datetime.now(UTC)
-    bounds: dict[str, datetime] = {}
+    bounds: dict[str, int] = {}
     for name, default in (
         ("from", Period.containing(now).start),
         ("to", now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)),
     ):
         raw = request.query_params.get(name)
         if raw is None:
-            bounds[name] = default
+            bounds[name] = int(default.timestamp()) * NS
             continue
         try:
-            ns = parse_rfc3339(raw)
+            bounds[name] = parse_rfc3339(raw)
         except TimestampError as exc:
             raise validation_error(name, f"{name} {exc}", "invalid_timestamp") from None
-        bounds[name] = datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC) + timedelta(
-            microseconds=(ns % 1_000_000_000) // 1000
-        )
     start, end = bounds["from"], bounds["to"]
     if end <= start:
         raise validation_error("to", "to must be after from", "invalid_range")
-    if end - start > MAX_RANGE:
+    if end - start > MAX_RANGE_NS:
         raise validation_error("to", "the range may span at most 100 days", "invalid_range")
     return start, end
 
 
-def _ceil_hour(moment: datetime) -> int:
-    seconds = moment.timestamp()
-    hour = int(seconds // 3600)
-    return min(_LAST_HOUR, hour if hour * 3600 == seconds else hour + 1)
+def _ceil_hour(ns: int) -> int:
+    """The first hour that starts at or after the instant ``ns``."""
+    return min(_LAST_HOUR, -(-ns // HOUR_NS))
 
 
 async def get_usage(request: Request) -> Response:

@@ -223,6 +223,40 @@ async def test_usage_series(
     assert too_long.status_code == 422
 
 
+async def test_usage_range_bounds_are_exact_to_the_nanosecond(app: Starlette, keys: Keys) -> None:
+    # An hour counts when its start lies in [from, to): 100 ns either side of an hour's
+    # start moves it out of or into range, and 100 days + 100 ns is too long.
+    hour = NOW.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    await post(app, keys.ingest, "c-ns", "gb", "2", ts=hour.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    at = hour.strftime("%Y-%m-%dT%H:%M:%S")
+    before, after = hour - timedelta(hours=1), hour + timedelta(hours=1)
+
+    async def quantities(start: str, end: str) -> list[str]:
+        async with client_for(app, keys.read) as reader:
+            response = await reader.get(
+                "/api/v1/usage/c-ns", params={"from": start, "to": end, "granularity": "hour"}
+            )
+        assert response.status_code == 200, response.text
+        return [p["quantity"] for s in response.json()["series"] for p in s["points"]]
+
+    z = "%Y-%m-%dT%H:%M:%SZ"
+    assert await quantities(f"{at}.0000001Z", after.strftime(z)) == []
+    assert await quantities(f"{at}Z", after.strftime(z)) == ["2"]
+    assert await quantities(before.strftime(z), f"{at}.0000001Z") == ["2"]
+    assert await quantities(before.strftime(z), f"{at}Z") == []
+    async with client_for(app, keys.read) as reader:
+        too_long = await reader.get(
+            "/api/v1/usage/c-ns",
+            params={"from": "2026-09-01T00:00:00Z", "to": "2026-12-10T00:00:00.0000001Z"},
+        )
+        longest = await reader.get(
+            "/api/v1/usage/c-ns",
+            params={"from": "2026-09-01T00:00:00Z", "to": "2026-12-10T00:00:00Z"},
+        )
+    assert too_long.status_code == 422
+    assert longest.status_code == 200
+
+
 async def test_read_scopes_and_tenants(app: Starlette, keys: Keys) -> None:
     await post(app, keys.ingest, "c-42", "api_call", 1)
     await post(app, keys.ingest, "c-43", "api_call", 1)
