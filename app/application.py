@@ -12,7 +12,11 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
 from app.api import billing, catalog, ops, usage
-from app.api.middleware import DatabaseBudgetMiddleware, ObservabilityMiddleware
+from app.api.middleware import (
+    DatabaseBudgetMiddleware,
+    EncodedSlashMiddleware,
+    ObservabilityMiddleware,
+)
 from app.auth import KeyCache
 from app.errors import EXCEPTION_HANDLERS
 from app.heap import freeze_startup_heap
@@ -115,14 +119,18 @@ def create_app(
 
     table = routes()
     templates = {route.endpoint: route.path for route in table if isinstance(route, Route)}
-    return Starlette(
+    app = Starlette(
         routes=table,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
         middleware=[
+            Middleware(EncodedSlashMiddleware),
             Middleware(
                 ObservabilityMiddleware, templates=templates, access_log=settings.access_log
             ),
             Middleware(DatabaseBudgetMiddleware, seconds=settings.database_timeout),
         ],
     )
+    # A trailing slash is a 404 with a JSON body, not an empty 307 to another resource.
+    app.router.redirect_slashes = False
+    return app

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids, request metrics, access logs, the database budget.
+"""Pure ASGI middleware: request ids, request metrics, access logs, the database budget,
+encoded slashes kept inside their path segment.
 
 Pure ASGI (not BaseHTTPMiddleware) keeps the hot path to a few attribute reads and two
 metric updates per request. Routes are labelled by their template, found from the
@@ -12,6 +13,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -92,3 +94,28 @@ class DatabaseBudgetMiddleware:
             return
         with database_budget(self.seconds):
             await self.app(scope, receive, send)
+
+
+_ENCODED_SLASH = re.compile(r"%2[fF]")
+
+
+class EncodedSlashMiddleware:
+    """Keeps ``%2F`` inside its path segment (CONTRACT §2: an identifier is one segment,
+    decoded once).
+
+    The server decodes the path before routing, so ``/api/v1/usage/a%2Fb`` was routed as
+    ``a/b`` (404) and ``/customers/cx%2F`` was redirected to another customer, ``cx``.
+    Here such a path is decoded except for its ``%2F``, which stays in the identifier, and
+    the identifier's validation refuses it (422).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path")
+        if scope["type"] == "http" and raw and b"%2" in raw:
+            text = raw.decode("latin-1")
+            if _ENCODED_SLASH.search(text):
+                scope = {**scope, "path": unquote(_ENCODED_SLASH.sub("%252F", text))}
+        await self.app(scope, receive, send)

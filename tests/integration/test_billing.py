@@ -274,6 +274,27 @@ async def test_read_scopes_and_tenants(app: Starlette, keys: Keys) -> None:
         assert (await reader.get("/api/v1/billing/c%3A1")).status_code == 404
 
 
+async def test_an_encoded_slash_stays_in_its_segment_and_is_refused(
+    app: Starlette, keys: Keys
+) -> None:
+    # CONTRACT §2: an identifier is one path segment, decoded once; "a/b" is not a valid
+    # identifier (422), and "cx%2F" must not be taken for customer cx.
+    await post(app, keys.ingest, "cx", "api_call", 1)
+    async with client_for(app, keys.admin) as admin:
+        for path in ("/api/v1/usage/a%2Fb", "/api/v1/billing/cx%2F", "/api/v1/billing/cx%2f"):
+            response = await admin.get(path)
+            assert response.status_code == 422, (path, response.text)
+            assert response.json()["error"]["details"][0]["field"] == "customer_id"
+        created = await admin.put("/api/v1/customers/cx%2F", json={"name": "X"})
+        assert created.status_code == 422, created.text
+        assert (await admin.get("/api/v1/customers/cx")).status_code == 404
+        # A trailing slash: a JSON 404, not an empty redirect to another resource.
+        trailing = await admin.get("/api/v1/billing/cx/")
+        assert trailing.status_code == 404
+        assert trailing.json()["error"]["code"] == "not_found"
+        assert (await admin.get("/api/v1/billing/cx")).status_code == 200
+
+
 async def test_invalid_plans_name_the_field(app: Starlette, keys: Keys) -> None:
     cases = [
         ({**PRO, "currency": "XYZ"}, "currency"),
