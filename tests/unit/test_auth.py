@@ -157,6 +157,32 @@ async def test_once_degraded_requests_never_wait_for_the_lookup(cached: Cached) 
     assert db.lookups == 5
 
 
+async def test_an_expired_key_waits_for_a_hung_lookup_at_most_stale_wait(
+    cached: Cached,
+) -> None:
+    """PostgreSQL hung: the first request after the TTL must not spend its whole budget on
+    the key's lookup (a 503 from a hung Redis after it came 2.5 s late). It is served from
+    the cache after STALE_WAIT; the lookup goes on and its answer is kept."""
+    db = cached.db
+    await cached.authenticate()
+    hung = asyncio.Event()
+    db.hang = hung
+    cached.advance(5.1)
+    started = anyio.current_time()
+    with anyio.fail_after(auth_module.STALE_WAIT + 0.5):
+        assert (await cached.authenticate()).tenant == "t"
+    assert anyio.current_time() - started >= auth_module.STALE_WAIT - 0.05
+    assert db.lookups == 2
+    db.record = dataclasses.replace(db.record, revoked=True)
+    hung.set()  # the lookup answers late: the key was revoked meanwhile
+    await asyncio.sleep(0.01)
+    assert not cached.cache._refreshing
+    with pytest.raises(ApiError) as refused:
+        await cached.authenticate()
+    assert refused.value.status == 401
+    assert db.lookups == 2  # its late answer was kept, fresh for the TTL
+
+
 async def test_close_cancels_background_refreshes(cached: Cached) -> None:
     """At shutdown a refresh stuck on a hung PostgreSQL is cancelled, not left running
     against a pool that is about to close."""
