@@ -32,11 +32,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def registry() -> Iterator[CollectorRegistry]:
     """A fresh metrics registry for the test (Tally's metrics() records into it)."""
-    saved = metrics_module._current
+    saved = metrics_module._current, metrics_module._rendered
     fresh = CollectorRegistry()
     use_registry(fresh)
     yield fresh
-    metrics_module._current = saved
+    metrics_module._current, metrics_module._rendered = saved
 
 
 @pytest.fixture(scope="session")

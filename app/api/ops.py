@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,8 @@ from app.services import Services
 from app.worker.lag import measure_lag
 
 TENANT_CACHE_SECONDS = 30.0
+TENANT_RETRY_SECONDS = 5.0
+TENANT_WAIT_SECONDS = 0.5
 
 
 async def health(request: Request) -> Response:
@@ -79,24 +82,29 @@ async def ready(request: Request) -> Response:
 
 async def _tenant_names(svc: Services) -> list[str]:
     # Cached: a scrape must not need PostgreSQL every time, and keeps working while it is
-    # down (with the last known list).
+    # down (with the last known list, asked again every TENANT_RETRY_SECONDS). With a list
+    # known, a slow PostgreSQL is waited for TENANT_WAIT_SECONDS at most: the lag is
+    # measured from Redis, and a scrape must not wait out the database budget each time.
     now = time.monotonic()
     if now - svc.tenants_fetched_at > TENANT_CACHE_SECONDS:
-        try:  # bounded by the request's database budget, like every query
-            svc.tenant_names = await tenants.list_tenants(svc.pool)
-            svc.tenants_fetched_at = now
-        except RepoError:
-            pass
+        with anyio.move_on_after(TENANT_WAIT_SECONDS if svc.tenant_names else math.inf):
+            try:  # bounded by the request's database budget, like every query
+                svc.tenant_names = await tenants.list_tenants(svc.pool)
+            except RepoError:
+                pass
+            else:
+                svc.tenants_fetched_at = now
+                return svc.tenant_names
+        svc.tenants_fetched_at = now - TENANT_CACHE_SECONDS + TENANT_RETRY_SECONDS
     return svc.tenant_names
 
 
 async def _refresh_gauges(svc: Services) -> None:
     m = metrics()
+    names = await _tenant_names(svc)  # PostgreSQL's time is not Redis's
     try:
         with anyio.fail_after(svc.settings.redis_timeout + 0.5):
-            lag = await measure_lag(
-                svc.redis, await _tenant_names(svc), svc.settings.idempotency_ttl
-            )
+            lag = await measure_lag(svc.redis, names, svc.settings.idempotency_ttl)
             info = await svc.redis.info("memory")
     except Exception as exc:
         if not (isinstance(exc, TimeoutError) or is_unavailable(exc)):

@@ -14,6 +14,7 @@ per-shard lease only saves them from doing the same work.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -30,7 +31,7 @@ from app.hotpath.keys import HEARTBEAT, SHARDS, TenantKeys
 from app.hotpath.redis_errors import RedisUnavailableError, redis_errors
 from app.metrics import metrics
 from app.repo import tenants
-from app.repo.errors import DatabaseUnavailableError
+from app.repo.errors import DatabaseUnavailableError, RepoError
 from app.repo.usage import CommitOutcome, SequenceAnomalyError, commit_flush, rollup
 from app.scripts import Scripts
 from app.settings import Settings
@@ -101,6 +102,7 @@ class Flusher:
         self._done = anyio.Event()
         # On time.monotonic()'s clock; 0 means due now.
         self._rollup_due_at = 0.0
+        self._tenants: list[str] = []  # the last list read from PostgreSQL
 
     # -- one shard ------------------------------------------------------------------
 
@@ -221,7 +223,14 @@ class Flusher:
         """Flush every shard of every tenant once, then roll up when due (``roll_up``).
         Raises on outages and anomalies."""
         started = time.perf_counter()
-        names = await tenants.list_tenants(self.pool)
+        try:
+            names = self._tenants = await tenants.list_tenants(self.pool)
+        except RepoError:
+            # PostgreSQL is down: the cycle fails, but Redis still tells how old the
+            # unflushed usage is (the lag gauge must keep rising, not freeze).
+            with contextlib.suppress(Exception):
+                await self._measure_lag(self._tenants)
+            raise
         results: list[ShardResult] = []
         limiter = anyio.Semaphore(CONCURRENT_SHARDS)
 
@@ -242,15 +251,19 @@ class Flusher:
         m.flush_duration.observe(time.perf_counter() - started)
         m.flush_fields.inc(sum(r.fields for r in results if r.committed))
         m.flush_rows.inc(sum(r.rows for r in results))
-        async with redis_errors():
-            lag = await measure_lag(self.redis, names, self.settings.idempotency_ttl)
-        m.flush_lag.set(lag.flush_lag)
-        m.flush_pending_age.set(lag.pending_age)
+        await self._measure_lag(names)
         self.status.cycles += 1
         self.status.last_cycle_at = time.time()
         if roll_up:
             await self._roll_up_when_due()
         return results
+
+    async def _measure_lag(self, names: list[str]) -> None:
+        async with redis_errors():
+            lag = await measure_lag(self.redis, names, self.settings.idempotency_ttl)
+        m = metrics()
+        m.flush_lag.set(lag.flush_lag)
+        m.flush_pending_age.set(lag.pending_age)
 
     async def _roll_up_when_due(self) -> None:
         """Roll old flush rows up, at most every ``rollup_interval`` (and sooner while it

@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import asyncpg
 import httpx
@@ -20,6 +21,7 @@ from starlette.applications import Starlette
 from app.apikeys import Scope
 from app.embedded import free_port
 from app.metrics import Metrics
+from app.repo.errors import DatabaseUnavailableError
 from app.repo.pool import create_pool
 from app.settings import Settings
 from app.worker.flusher import Flusher
@@ -134,6 +136,56 @@ async def test_ingest_outcomes_and_request_histogram(
     assert scrape.status_code == 200
     assert scrape.headers["content-type"].startswith("text/plain")
     assert "x-request-id" in batch.headers
+
+
+async def test_lag_keeps_rising_while_postgresql_is_down(
+    registry: CollectorRegistry,
+    settings: Settings,
+    redis: aioredis.Redis,
+    database_url: str,
+    app: Starlette,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The flusher's cycle fails at its first query, and the scrape's tenant list cannot be
+    # refreshed: both must still measure the lag from Redis, not freeze it (or count a
+    # Redis error for PostgreSQL's silence).
+    await make_key(database_url, "acme", Scope.INGEST)
+    pool = await create_pool(settings)
+    try:
+        flusher = Flusher(settings, redis, pool)
+        await flusher.cycle()  # PostgreSQL up: the tenant list is known
+        async with client_for(app, "no-key-needed") as client:
+            assert (await client.get("/metrics")).status_code == 200
+        await ingest_random(redis, Counter(), events=20)
+
+        async def hung(pool: object) -> list[str]:
+            await asyncio.sleep(30)
+            raise AssertionError("not reached")
+
+        async def down(pool: object) -> list[str]:
+            raise DatabaseUnavailableError("database unavailable (test)")
+
+        # (Each module's own view of the tenants module: they are one module object.)
+        monkeypatch.setattr("app.worker.flusher.tenants", SimpleNamespace(list_tenants=down))
+        monkeypatch.setattr("app.api.ops.tenants", SimpleNamespace(list_tenants=hung))
+        lags = []
+        for _ in range(2):
+            await asyncio.sleep(0.4)
+            with pytest.raises(DatabaseUnavailableError):
+                await flusher.cycle()
+            lags.append(value(registry, "tally_flush_lag_seconds"))
+        assert 0.4 <= lags[0] < lags[1]
+        app.state.services.tenants_fetched_at = -1e9  # the scrape's list has expired
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        async with client_for(app, "no-key-needed") as client:
+            scrape = await client.get("/metrics")
+        assert time.monotonic() - started < 1.5
+        assert scrape.status_code == 200
+        assert value(registry, "tally_flush_lag_seconds") > lags[1]
+        assert value(registry, "tally_redis_errors_total", operation="metrics") == 0
+    finally:
+        await pool.close()
 
 
 def test_labels_never_carry_ids() -> None:
