@@ -135,10 +135,14 @@ async def get_plan(request: Request) -> Response:
     return JSONResponse(jsonio.loads(body))
 
 
+PLANS_PAGE = 1000
+
+
 async def list_plans(request: Request) -> Response:
-    """Plans by id, a page at a time."""
+    """Plans by id: all of them unless ``limit`` asks for pages (CONTRACT §2 lists
+    ``GET /api/v1/plans`` with no paging; a catalogue beyond PLANS_PAGE still pages)."""
     principal = await caller(request, ADMIN)
-    limit = limit_param(request)
+    limit = limit_param(request, default=PLANS_PAGE, maximum=PLANS_PAGE)
     rows = await repo.list_plans(
         services(request).pool, principal.tenant, cursor_param(request), limit + 1
     )

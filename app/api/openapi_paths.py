@@ -86,17 +86,26 @@ def _operation(
 
 _CUSTOMER_ID = _path_id("customer_id", "customer")
 _PLAN_ID = _path_id("plan_id", "plan")
+_CURSOR = _query(
+    "cursor",
+    "The `next_cursor` of the previous page",
+    {"type": "string", "pattern": "^[A-Za-z0-9_-]*$"},
+)
 _PAGE = [
     _query(
         "limit",
         "Page size",
         {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
     ),
+    _CURSOR,
+]
+_PLAN_PAGE = [
     _query(
-        "cursor",
-        "The `next_cursor` of the previous page",
-        {"type": "string", "pattern": "^[A-Za-z0-9_-]*$"},
+        "limit",
+        "Page size (by default every plan, up to 1000)",
+        {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1000},
     ),
+    _CURSOR,
 ]
 
 _INGEST_SCOPE = "Scope `ingest` or `admin`."
@@ -261,10 +270,10 @@ CATALOG_PATHS: dict[str, Any] = {
         "get": _operation(
             "listPlans",
             "plans",
-            "Plans by id, a page at a time",
-            {"200": _json("A page of plans", "PlanList")},
+            "Plans by id: all of them unless `limit` asks for pages",
+            {"200": _json("The plans (or a page of them)", "PlanList")},
             (422,),
-            parameters=_PAGE,
+            parameters=_PLAN_PAGE,
             description=_ADMIN_SCOPE,
         )
     },

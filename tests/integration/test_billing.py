@@ -347,6 +347,15 @@ async def test_customer_listing_with_cursor(app: Starlette, keys: Keys) -> None:
         updated = await admin.put("/api/v1/customers/list-0", json={"email": "a@b.c"})
         assert updated.status_code == 200
         assert updated.json()["name"] == "n0"
+        for i in range(60):
+            await admin.put(f"/api/v1/plans/p{i:02}", json={**PRO, "name": f"listed-{i:02}"})
         plans = (await admin.get("/api/v1/plans")).json()
+        paged = (await admin.get("/api/v1/plans", params={"limit": "50"})).json()
     assert [s for s in seen if s.startswith("list-")] == [f"list-{i}" for i in range(5)]
-    assert isinstance(plans["data"], list)
+    # The contract's GET /api/v1/plans has no paging: every plan, no cursor.
+    assert [p["name"] for p in plans["data"] if p["name"].startswith("listed-")] == [
+        f"listed-{i:02}" for i in range(60)
+    ]
+    assert plans["next_cursor"] is None
+    assert len(paged["data"]) == 50
+    assert paged["next_cursor"] is not None
