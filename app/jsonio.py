@@ -53,8 +53,10 @@ def _exact_int(text: str) -> int | Decimal:
 def loads(body: bytes | str) -> Any:
     """Parse strict JSON (see module docstring)."""
     try:
+        # UTF-8 only (CONTRACT §2): json.loads would also take UTF-16 and UTF-32 bytes.
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
         document = json.loads(
-            body,
+            text,
             object_pairs_hook=_no_duplicates,
             parse_float=_exact_decimal,
             parse_int=_exact_int,

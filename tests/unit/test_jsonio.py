@@ -17,7 +17,15 @@ def test_numbers_are_exact() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b'{"a":1,"a":2}', b"{", b"\xff\xfe", b'{"a":1}x'],
+    [
+        b'{"a":1,"a":2}',
+        b"{",
+        b"\xff\xfe",
+        b'{"a":1}x',
+        '{"a":1}'.encode("utf-16"),  # bodies are UTF-8 (json.loads alone would take it)
+        '{"a":1}'.encode("utf-32"),
+        '{"a":1}'.encode("utf-16-le"),
+    ],
 )
 def test_refused(body: bytes) -> None:
     with pytest.raises(jsonio.JSONDecodeError):
