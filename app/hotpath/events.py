@@ -141,7 +141,13 @@ def _parse(body: dict[str, Any], header_key: str | None, now_ns: int) -> Event:
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise EventError("invalid_metadata", "metadata", "must be a JSON object")
-        if len(jsonio.dumps(metadata)) > MAX_METADATA_BYTES:
+        try:
+            size = len(jsonio.dumps(metadata))
+        except ValueError:  # NaN, Infinity or an exponent beyond range inside it
+            raise EventError(
+                "invalid_metadata", "metadata", "must contain only finite numbers"
+            ) from None
+        if size > MAX_METADATA_BYTES:
             raise EventError(
                 "invalid_metadata",
                 "metadata",

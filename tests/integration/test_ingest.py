@@ -290,12 +290,25 @@ async def test_malformed_json_is_400(
     assert await snapshot(redis) == before
 
 
-@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
-async def test_nan_and_infinity_quantities_are_422_one_event_at_a_time(
-    app: Starlette, keys: Keys, redis: aioredis.Redis, constant: bytes
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        (b'{"customer_id": "c", "resource_type": "r", "quantity": %s}' % constant, field)
+        for constant in (b"NaN", b"Infinity", b"-Infinity")
+        for field in ("quantity",)
+    ]
+    + [
+        (
+            b'{"customer_id": "c", "resource_type": "r", "quantity": 1, "metadata": %s}' % m,
+            "metadata",
+        )
+        for m in (b'{"x": NaN}', b'{"x": [Infinity]}', b'{"x": 1e99999999999999999999}')
+    ],
+)
+async def test_nan_and_infinity_are_422_one_event_at_a_time(
+    app: Starlette, keys: Keys, redis: aioredis.Redis, event: bytes, field: str
 ) -> None:
     # Not JSON, but what json.dumps(float("nan")) writes: CONTRACT §2 lists them as 422.
-    event = b'{"customer_id": "c", "resource_type": "r", "quantity": %s}' % constant
     before = await snapshot(redis)
     counted = await meter(redis, "c", "r", iso(datetime.now(UTC)))
     async with client_for(app, keys.ingest) as client:
@@ -303,7 +316,7 @@ async def test_nan_and_infinity_quantities_are_422_one_event_at_a_time(
             "/api/v1/usage", content=event, headers={"Content-Type": "application/json"}
         )
         assert single.status_code == 422, single.text
-        assert single.json()["error"]["details"][0]["field"] == "quantity"
+        assert single.json()["error"]["details"][0]["field"] == field
         assert await snapshot(redis) == before
         good = b'{"customer_id": "c", "resource_type": "r", "quantity": 2}'
         batch = await client.post(
