@@ -53,8 +53,9 @@ def _exact_int(text: str) -> int | Decimal:
 def loads(body: bytes | str) -> Any:
     """Parse strict JSON (see module docstring)."""
     try:
-        # UTF-8 only (CONTRACT §2): json.loads would also take UTF-16 and UTF-32 bytes.
-        text = body.decode("utf-8") if isinstance(body, bytes) else body
+        # UTF-8 only (CONTRACT §2): json.loads would also take UTF-16 and UTF-32 bytes. A
+        # UTF-8 byte-order mark is ignored, as RFC 8259 allows (some clients send one).
+        text = body.removeprefix(b"\xef\xbb\xbf").decode() if isinstance(body, bytes) else body
         document = json.loads(
             text,
             object_pairs_hook=_no_duplicates,

@@ -32,6 +32,10 @@ def test_refused(body: bytes) -> None:
         jsonio.loads(body)
 
 
+def test_a_utf8_byte_order_mark_is_ignored() -> None:
+    assert jsonio.loads(b'\xef\xbb\xbf{"a": 1}') == {"a": 1}
+
+
 def test_nan_and_infinity_parse_as_infinite_numbers_for_validation_to_refuse() -> None:
     # Written by Python's json.dumps(float("nan")); CONTRACT §2 wants 422 for them, per field.
     parsed = jsonio.loads(b'{"a":NaN,"b":[Infinity,-Infinity]}')
