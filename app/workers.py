@@ -110,7 +110,11 @@ def _claim_lock(port: int, wait: float) -> Iterator[None]:
     """Hold the host-wide lock on claims of ``port`` (any address): a Unix socket bound in
     the abstract namespace, which the kernel releases when its holder exits, however it
     exits. A claim takes microseconds, so a busy lock is waited for (up to ``wait``
-    seconds); then this claim's probe meets the other server's holder."""
+    seconds); then this claim's probe meets the other server's holder.
+
+    Abstract sockets have no permissions: anyone on the host can hold the lock. So a lock
+    held longer than ``wait`` is not a refusal: the claim goes on without it (the binds
+    still refuse a port really in use; only the microsecond race is left open)."""
     lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     deadline = time.monotonic() + wait
     try:
@@ -119,8 +123,11 @@ def _claim_lock(port: int, wait: float) -> Iterator[None]:
                 lock.bind(f"\0tally-serve-claim-port-{port}")
                 break
             except OSError as exc:
-                if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                if exc.errno != errno.EADDRINUSE:
                     raise
+                if time.monotonic() >= deadline:
+                    log.warning("serve.claim_lock_busy", port=port, waited_s=wait)
+                    break
                 time.sleep(0.001)
         yield
     finally:
