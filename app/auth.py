@@ -104,19 +104,26 @@ class KeyCache:
         try:
             return await asyncio.wait_for(asyncio.shield(lookup), STALE_WAIT)
         except (DatabaseUnavailableError, TimeoutError):
-            if not lookup.done():
-                self._refreshing.add(lookup)
-                lookup.add_done_callback(self._lookup_ended)
             # Serve from the cache while PostgreSQL is down; look again after a pause,
             # without making requests wait for it.
             entry.degraded = True
             self._pause(entry)
             return entry.record
+        finally:
+            if not lookup.done():  # timed out, or this request was cancelled: it goes on
+                self._refreshing.add(lookup)
+                lookup.add_done_callback(lambda task: self._lookup_ended(key_id, task))
 
-    def _lookup_ended(self, task: asyncio.Task[KeyRecord | None]) -> None:
+    def _lookup_ended(self, key_id: str, task: asyncio.Task[KeyRecord | None]) -> None:
         self._refreshing.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: a lookup that failed late leaves the entry degraded
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, DatabaseUnavailableError):
+            # As for a background refresh: not PostgreSQL being down, so stop serving the
+            # cached key (it might have been revoked); the next request looks it up.
+            log.error("auth.key_refresh_failed", key_id=key_id, error=repr(exc))
+            self._entries.pop(key_id, None)
 
     def _pause(self, entry: _Entry) -> None:
         retry_at = time.monotonic() + min(self.ttl, RETRY_AFTER_FAILURE)
