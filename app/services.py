@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,3 +36,5 @@ class Services:
     migrations_current: bool = field(default=False)
     tenant_names: list[str] = field(default_factory=list)
     tenants_fetched_at: float = -1e9
+    # The scrape's refresh of tenant_names, left running when a scrape stops waiting.
+    tenants_refresh: asyncio.Task[None] | None = None

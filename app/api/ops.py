@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,6 +23,8 @@ from app.repo.errors import RepoError, translated
 from app.responses import JSONResponse
 from app.services import Services
 from app.worker.lag import measure_lag
+
+log = structlog.get_logger("tally.ops")
 
 TENANT_CACHE_SECONDS = 30.0
 TENANT_RETRY_SECONDS = 5.0
@@ -81,22 +85,31 @@ async def ready(request: Request) -> Response:
 
 
 async def _tenant_names(svc: Services) -> list[str]:
-    # Cached: a scrape must not need PostgreSQL every time, and keeps working while it is
-    # down (with the last known list, asked again every TENANT_RETRY_SECONDS). With a list
-    # known, a slow PostgreSQL is waited for TENANT_WAIT_SECONDS at most: the lag is
-    # measured from Redis, and a scrape must not wait out the database budget each time.
-    now = time.monotonic()
-    if now - svc.tenants_fetched_at > TENANT_CACHE_SECONDS:
+    """The tenants whose lag a scrape measures. Cached: a scrape must not need PostgreSQL
+    every time, and keeps working while it is down (with the last known list). With a list
+    known, a scrape waits TENANT_WAIT_SECONDS at most for a new one: the refresh goes on
+    without it (one at a time), and its late answer is kept."""
+    if time.monotonic() - svc.tenants_fetched_at > TENANT_CACHE_SECONDS:
+        refresh = svc.tenants_refresh
+        if refresh is None or refresh.done():
+            refresh = svc.tenants_refresh = asyncio.get_running_loop().create_task(
+                _refresh_tenant_names(svc)
+            )
         with anyio.move_on_after(TENANT_WAIT_SECONDS if svc.tenant_names else math.inf):
-            try:  # bounded by the request's database budget, like every query
-                svc.tenant_names = await tenants.list_tenants(svc.pool)
-            except RepoError:
-                pass
-            else:
-                svc.tenants_fetched_at = now
-                return svc.tenant_names
-        svc.tenants_fetched_at = now - TENANT_CACHE_SECONDS + TENANT_RETRY_SECONDS
+            await asyncio.shield(refresh)
     return svc.tenant_names
+
+
+async def _refresh_tenant_names(svc: Services) -> None:
+    try:  # bounded by the database budget of the request that started it
+        names = await tenants.list_tenants(svc.pool)
+    except Exception as exc:  # a scrape must not fail; asked again soon
+        if not isinstance(exc, RepoError):
+            log.error("metrics.tenant_list_failed", error=repr(exc))
+        svc.tenants_fetched_at = time.monotonic() - TENANT_CACHE_SECONDS + TENANT_RETRY_SECONDS
+        return
+    svc.tenant_names = names
+    svc.tenants_fetched_at = time.monotonic()
 
 
 async def _refresh_gauges(svc: Services) -> None:

@@ -228,8 +228,9 @@ class Flusher:
         except RepoError:
             # PostgreSQL is down: the cycle fails, but Redis still tells how old the
             # unflushed usage is (the lag gauge must keep rising, not freeze).
-            with contextlib.suppress(Exception):
-                await self._measure_lag(self._tenants)
+            if self._tenants:  # none known yet: no measure beats a lag of 0
+                with contextlib.suppress(Exception):
+                    await self._measure_lag(self._tenants)
             raise
         results: list[ShardResult] = []
         limiter = anyio.Semaphore(CONCURRENT_SHARDS)
