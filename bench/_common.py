@@ -310,7 +310,8 @@ def server_groups(root: int) -> dict[str, list[int]]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"app.asgi" in cmdline or b"--workers\x001" in cmdline:
+        args = cmdline.split(b"\x00")
+        if b"app.asgi" in args or (b"bench.noop_app" in args and b"--one" in args):
             groups[f"worker {pid}"] = [pid]
     return groups
 

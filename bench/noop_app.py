@@ -55,8 +55,9 @@ def serve() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8099)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a worker
     args = parser.parse_args()
-    if args.workers <= 1:
+    if args.workers <= 1 or args.one:
         sock = reuse_port_socket(args.host, args.port)
         config = uvicorn.Config(
             app,
@@ -67,10 +68,11 @@ def serve() -> None:
         )
         uvicorn.Server(config).run(sockets=[sock])
         return
-    with claim_port(args.host, args.port):
-        one = [sys.executable, "-m", "bench.noop_app", "--host", args.host]
-        procs = [
-            subprocess.Popen([*one, "--port", str(args.port), "--workers", "1"])
+    with claim_port(args.host, args.port) as holder:
+        port = str(holder.getsockname()[1])  # the port claimed, also for --port 0
+        one = [sys.executable, "-m", "bench.noop_app", "--host", args.host, "--one"]
+        procs = [  # own sessions: a terminal's Ctrl-C reaches them once, through us
+            subprocess.Popen([*one, "--port", port], start_new_session=True)
             for _ in range(args.workers)
         ]
         stop = threading.Event()
