@@ -12,11 +12,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import httpx
 
 from app.embedded import PostgresServer, RedisServer
 from app.repo import migrations
@@ -147,6 +149,20 @@ def start_serve(env: dict[str, str], port: int, *args: str) -> subprocess.Popen[
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def wait_ready(port: int, path: str = "/ready", timeout: float = 60) -> None:
+    """Poll ``path`` on 127.0.0.1:port until it answers 200; AssertionError after
+    ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"the server did not answer 200 on {path}")
 
 
 def finish(

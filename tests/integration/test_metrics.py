@@ -29,7 +29,7 @@ from app.worker.lag import measure_lag
 from tests.http import client_for
 from tests.integration.flush_helpers import Truth, ingest_random
 from tests.keys import make_key
-from tests.servers import process_env, start_serve
+from tests.servers import process_env, start_serve, wait_ready
 
 
 @pytest.fixture(autouse=True)
@@ -236,13 +236,7 @@ def test_two_workers_report_exact_totals(
     )
     server = start_serve(env, port, "--workers", "2", "--no-flusher")
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_ready(port, "/health", timeout=30)
         n = 60
         for i in range(n):  # a new connection each: the kernel spreads them over workers
             response = httpx.post(
@@ -296,13 +290,7 @@ def test_every_name_starts_with_tally_and_outcomes_show_before_traffic(
         del env["PROMETHEUS_MULTIPROC_DIR"]
     server = start_serve(env, port, "--workers", str(workers), "--no-flusher")
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_ready(port, "/health", timeout=30)
         samples = _scrape(port)
     finally:
         server.terminate()

@@ -22,7 +22,7 @@ from app.hotpath.keys import HEARTBEAT
 from app.settings import Settings
 from tests.integration.flush_helpers import first_cycle_done
 from tests.keys import make_key
-from tests.servers import finish, process_env, start_serve
+from tests.servers import finish, process_env, start_serve, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -150,18 +150,6 @@ def _connection_owners(port: int, pids: list[int]) -> dict[int, int]:
     return owners
 
 
-def _wait_ready(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the server did not become ready")
-
-
 def _wait_listening(port: int, count: int, timeout: float = 30) -> set[str]:
     """Wait until ``count`` sockets listen on ``port`` (one per worker); their inodes."""
     deadline = time.monotonic() + timeout
@@ -185,7 +173,7 @@ def test_workers_share_keep_alive_connections(settings: Settings, database_url: 
     server = start_serve(env, port, "--workers", "2", "--no-flusher")
     connections: list[socket.socket] = []
     try:
-        _wait_ready(port)
+        wait_ready(port)
         workers = _children(server.pid, API_WORKER)
         assert len(workers) == 2
         _wait_listening(port, 2)  # /ready answers once the first worker listens
@@ -237,7 +225,7 @@ def test_a_dead_or_silent_worker_is_replaced(
     )
     server = start_serve(env, port, "--workers", "2", "--no-flusher")
     try:
-        _wait_ready(port)
+        wait_ready(port)
         _wait_listening(port, 2)
         first, second = _children(server.pid, API_WORKER)
         os.kill(first, sig)
