@@ -20,10 +20,11 @@ from app.api.middleware import (
 from app.auth import KeyCache
 from app.errors import EXCEPTION_HANDLERS
 from app.heap import freeze_startup_heap
+from app.hotpath.bound import HourSeeder
 from app.hotpath.client import check_redis, create_redis
 from app.hotpath.coalescer import Coalescer
 from app.hotpath.events import Event
-from app.hotpath.ingest import IdempotencyConfig, Outcome, apply_events
+from app.hotpath.ingest import IdempotencyConfig, Outcome, apply_each
 from app.ratelimit import RateLimiter
 from app.repo import tenants
 from app.repo.pool import create_pool
@@ -73,8 +74,8 @@ def create_app(
         scripts = Scripts.register(redis)
         idempotency = IdempotencyConfig(settings.idempotency_ttl, settings.idempotency_fanout)
 
-        async def apply(tenant: str, events: Sequence[Event]) -> list[Outcome]:
-            return await apply_events(scripts, tenant, events, idempotency)
+        async def apply(tenant: str, events: Sequence[Event]) -> list[Outcome | Exception]:
+            return await apply_each(scripts, tenant, events, idempotency)
 
         async def lookup(key_id: str) -> tenants.KeyRecord | None:
             return await tenants.find_key(pool, key_id)
@@ -86,6 +87,7 @@ def create_app(
             scripts=scripts,
             keys=KeyCache(lookup, settings.key_cache_ttl, settings.database_timeout),
             coalescer=Coalescer(apply),
+            seeder=HourSeeder(redis, scripts, pool),
             idempotency=idempotency,
             rate_limiter=None
             if settings.rate_limit is None

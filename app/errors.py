@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.hotpath.ingest import BoundBusyError
 from app.hotpath.redis_errors import RedisUnavailableError
 from app.metrics import metrics
 from app.repo.errors import DatabaseUnavailableError
@@ -103,6 +104,16 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _bound_busy(request: Request, exc: Exception) -> Response:
+    log.warning("ingest.bound_busy", error=str(exc))
+    return error_response(
+        503,
+        "service_unavailable",
+        "the hour's total is being updated, retry later",
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _internal(request: Request, exc: Exception) -> Response:
     log.exception("http.internal_error", error_type=type(exc).__name__)
     return error_response(500, "internal_error", "internal server error")
@@ -113,5 +124,6 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: _http_error,
     RedisUnavailableError: _unavailable,
     DatabaseUnavailableError: _unavailable,
+    BoundBusyError: _bound_busy,
     Exception: _internal,
 }

@@ -57,6 +57,15 @@ def to_micro(value: object) -> int:
     return micro
 
 
+def as_micro(quantity: Decimal) -> int:
+    """An exact quantity (at most 6 digits after the point, as stored) in micro-units."""
+    scaled = quantity.scaleb(6)
+    micro = int(scaled)
+    if micro != scaled:
+        raise ValueError(f"{quantity} has more than 6 digits after the point")
+    return micro
+
+
 def from_micro(micro: int) -> Decimal:
     """Micro-units back to an exact Decimal in units."""
     return Decimal(micro).scaleb(-6)

@@ -14,7 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-NAMES = ("ingest", "drain", "ack", "read")
+NAMES = ("ingest", "drain", "ack", "read", "seed")
 
 
 @functools.cache
@@ -36,6 +36,7 @@ class Scripts:
     drain: AsyncScript
     ack: AsyncScript
     read: AsyncScript
+    seed: AsyncScript
 
     @classmethod
     def register(cls, client: aioredis.Redis, *, shebang: bool = True) -> Scripts:

@@ -10,6 +10,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from app.auth import KeyCache
+from app.hotpath.bound import HourSeeder
 from app.hotpath.coalescer import Coalescer
 from app.hotpath.ingest import IdempotencyConfig
 from app.ratelimit import RateLimiter
@@ -31,6 +32,7 @@ class Services:
     keys: KeyCache
     coalescer: Coalescer
     idempotency: IdempotencyConfig
+    seeder: HourSeeder
     flusher: FlusherStatus | None = None
     rate_limiter: RateLimiter | None = None
     migrations_current: bool = field(default=False)

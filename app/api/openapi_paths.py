@@ -149,7 +149,9 @@ USAGE_PATHS: dict[str, Any] = {
                 f"{_INGEST_SCOPE} The idempotency key is remembered per tenant; the same key "
                 "with a different event is 422 `idempotency_conflict` and counts nothing. "
                 "An event taking its (customer, resource type, hour) past 10^12 units is 422 "
-                "`quantity_overflow`."
+                "`quantity_overflow`, flushed units included. Once the customer's month holds "
+                "about 10^12 units of the resource type, deciding that reads the hour from "
+                "PostgreSQL (once per hour): while it is down, such an event is 503."
             ),
         )
     },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -14,7 +15,7 @@ from app.api.context import caller, services
 from app.apikeys import Scope
 from app.errors import ApiError
 from app.hotpath.events import Event, EventError, parse_event
-from app.hotpath.ingest import Outcome, apply_events
+from app.hotpath.ingest import NeedsSeedError, Outcome, apply_events
 from app.metrics import metrics
 from app.responses import JSONResponse
 
@@ -63,10 +64,16 @@ async def ingest_one(request: Request) -> Response:
         log.info("ingest.rejected", code=exc.code, field=exc.field)
         raise _event_error(exc) from None
     svc = services(request)
+    outcome: Outcome | None = None
     if svc.settings.coalesce:
-        outcome = await svc.coalescer.submit(principal.tenant, event)
-    else:
-        (outcome,) = await apply_events(svc.scripts, principal.tenant, [event], svc.idempotency)
+        with contextlib.suppress(NeedsSeedError):
+            outcome = await svc.coalescer.submit(principal.tenant, event)
+    if outcome is None:
+        # Alone, with a seeder: its hour may need a PostgreSQL read (app/hotpath/bound.py),
+        # which a coalesced call never waits for.
+        (outcome,) = await apply_events(
+            svc.scripts, principal.tenant, [event], svc.idempotency, seeder=svc.seeder
+        )
     metrics().ingest_events.labels(_OUTCOME_LABELS[outcome]).inc()
     if outcome is Outcome.ACCEPTED:
         return JSONResponse({"status": "accepted"}, status_code=202)
@@ -148,7 +155,12 @@ async def ingest_batch(request: Request) -> Response:
             }
     svc = services(request)
     outcomes = await apply_events(
-        svc.scripts, principal.tenant, [e for _, e in valid], svc.idempotency, now_ns
+        svc.scripts,
+        principal.tenant,
+        [e for _, e in valid],
+        svc.idempotency,
+        now_ns,
+        seeder=svc.seeder,
     )
     for (index, _), outcome in zip(valid, outcomes, strict=True):
         results[index] = _result(index, outcome)

@@ -21,7 +21,9 @@ import anyio
 from app.hotpath.events import Event
 from app.hotpath.ingest import Outcome
 
-Apply = Callable[[str, Sequence[Event]], Awaitable[list[Outcome]]]
+# One result per event: its outcome, or the error of that event alone (an hour that could
+# not be seeded, app/hotpath/ingest.py:apply_each); an exception raised fails them all.
+Apply = Callable[[str, Sequence[Event]], Awaitable[Sequence[Outcome | Exception]]]
 
 
 @dataclass
@@ -78,7 +80,11 @@ class Coalescer:
                             item.future.set_exception(exc)
                     continue
                 for item, outcome in zip(items, outcomes, strict=True):
-                    if not item.future.done():
+                    if item.future.done():
+                        continue
+                    if isinstance(outcome, Exception):
+                        item.future.set_exception(outcome)
+                    else:
                         item.future.set_result(outcome)
         finally:
             limiter.release()

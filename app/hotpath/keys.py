@@ -70,6 +70,12 @@ class TenantKeys:
         """Hash: the customer's fields drained by the shard's in-flight flush."""
         return self.pending_prefix + customer_id
 
+    def totals(self, customer_id: str, month: int) -> str:
+        """Hash: the customer's units ever accepted in a month (months since 1970-01), per
+        resource type (field ``resource``) and per seeded hour (``resource|hour``); the
+        per-hour bound is checked against it (``app/lua/ingest.lua``)."""
+        return f"{self.prefix}tot:{month}:{customer_id}"
+
     def dirty(self, shard: int) -> str:
         """Set of customers of the shard with hot data."""
         return f"{self.prefix}s{shard}:dirty"

@@ -3,24 +3,36 @@
 -- No allow-oom flag: under maxmemory Redis refuses this script before it runs (nothing is
 -- half-applied; the API answers 503 and the client retries).
 --
--- KEYS: every key the events refer to (hot hashes, pending hashes, dirty sets, first-write
---       markers, idempotency window hashes), referenced by 1-based index from ARGV.
+-- KEYS: every key the events refer to (hot hashes, month-total hashes, dirty sets,
+--       first-write markers, idempotency window hashes), referenced by 1-based index from ARGV.
 -- ARGV[1] = number of events N
 -- ARGV[2] = now in ms (marks the first undrained write of a shard)
 -- ARGV[3] = unix second at which the write window's idempotency hashes expire
 -- ARGV[4] = index of the write window's key counter (approximate count for metrics)
--- then per event, 13 values:
---   hot_idx pend_idx dirty_idx first_idx customer field micro
+-- then per event, 15 values:
+--   hot_idx total_idx dirty_idx first_idx customer field micro resource total_expire_at
 --   idem_field fingerprint write_win_idx check_idx1 check_idx2 check_idx3
 --   (idem_field "" when the event has no idempotency key; check_idx 0 when unused)
--- Reply: array of N status codes: 1 accepted, 2 duplicate, 3 conflict, 4 quantity_overflow.
+-- Reply: array of N status codes: 1 accepted, 2 duplicate, 3 conflict, 4 quantity_overflow;
+--        or, when the bound of some event cannot be decided from Redis alone,
+--        {0, i, j, ...}: the 1-based indexes of those events, and nothing is written.
+--
+-- The bound (10^12 units per customer, resource type and hour, flushed or not) is checked
+-- against totals that never go down when a flush moves usage to PostgreSQL. The customer's
+-- month-total hash (one per calendar month, expiring after the month can take no event)
+-- holds, per resource type, every unit accepted for that month (field <resource>), and, for
+-- hours "seeded" by seed.lua, every unit accepted for that hour (field <resource>|<hour>).
+-- An hour holds at most its month, so an event whose month stays within the bound is
+-- accepted at once; past it, only a seeded hour decides, and an unseeded one is reported.
+-- One HMGET per (hour, resource type) reads both.
 --
 -- Amounts are decimal strings of integer micro-units up to 10^18. Lua numbers are doubles
 -- (exact only to 2^53), so sums are kept as {hi, lo} in base 10^9: each part stays exact.
 
 local BASE = 1000000000
 local LIMIT_HI, LIMIT_LO = 1000000000, 0   -- 10^12 units = 10^18 micro-units
-local PER = 13
+local CAP_HI = 2000000000                  -- month totals saturate at 2 * 10^18
+local PER = 15
 
 local function split(s)
   local len = string.len(s)
@@ -50,25 +62,30 @@ local expire_at = ARGV[3]
 local counter_idx = tonumber(ARGV[4])
 
 local statuses = {}
+local undecided = {}  -- indexes of events whose hour must be seeded first
 local seen = {}       -- idempotency field (per window key) -> fingerprint, accepted in this call
-local sums = {}       -- hot_idx|field -> {total, delta, hot_idx, dirty_idx, first_idx, customer, field}
-local sum_order = {}
+local hots = {}       -- hot_idx|field -> {delta, hot_idx, dirty_idx, first_idx, customer, field}
+local hot_order = {}
+local months = {}     -- total_idx|resource -> {total, delta, total_idx, resource, expire_at}
+local month_order = {}
+local hours = {}      -- total_idx|field -> {total or false (not seeded), delta, total_idx, field}
+local hour_order = {}
 local idem_writes = {}
 
 -- Phase 1: decide every event. Nothing is written until all are decided.
 for i = 1, n do
   local b = 4 + (i - 1) * PER
-  local hot_idx, pend_idx = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
-  local field, micro = ARGV[b + 6], ARGV[b + 7]
-  local idem, fp = ARGV[b + 8], ARGV[b + 9]
-  local win = tonumber(ARGV[b + 10])
+  local hot_idx, total_idx = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  local field, micro, resource = ARGV[b + 6], ARGV[b + 7], ARGV[b + 8]
+  local idem, fp = ARGV[b + 10], ARGV[b + 11]
+  local win = tonumber(ARGV[b + 12])
   local status = 1
   local seen_key
   if idem ~= '' then
     seen_key = win .. '|' .. idem
     local prior = seen[seen_key]
     if prior == nil then
-      for c = 11, 13 do
+      for c = 13, 15 do
         local idx = tonumber(ARGV[b + c])
         if idx > 0 then
           local stored = redis.call('HGET', KEYS[idx], idem)
@@ -81,23 +98,40 @@ for i = 1, n do
     end
   end
   if status == 1 then
-    local sk = hot_idx .. '|' .. field
-    local s = sums[sk]
-    if s == nil then
-      local hot = redis.call('HGET', KEYS[hot_idx], field) or '0'
-      local pend = redis.call('HGET', KEYS[pend_idx], field) or '0'
-      s = {add(split(hot), split(pend)), {0, 0}, hot_idx, tonumber(ARGV[b + 3]),
-           tonumber(ARGV[b + 4]), ARGV[b + 5], field}
-      sums[sk] = s
-      sum_order[#sum_order + 1] = sk
+    local mk = total_idx .. '|' .. resource
+    local hk = total_idx .. '|' .. field
+    local m, h = months[mk], hours[hk]
+    if h == nil then
+      local stored = redis.call('HMGET', KEYS[total_idx], resource, field)
+      h = {stored[2] and split(stored[2]), {0, 0}, total_idx, field}
+      hours[hk] = h
+      hour_order[#hour_order + 1] = hk
+      if m == nil then
+        m = {split(stored[1] or '0'), {0, 0}, total_idx, resource, ARGV[b + 9]}
+        months[mk] = m
+        month_order[#month_order + 1] = mk
+      end
     end
     local q = split(micro)
-    local total = add(s[1], q)
-    if over_limit(total) then
-      status = 4
-    else
-      s[1] = total
-      s[2] = add(s[2], q)
+    local month_total = add(m[1], q)
+    if h[1] then
+      local hour_total = add(h[1], q)
+      if over_limit(hour_total) then status = 4 else h[1] = hour_total; h[2] = add(h[2], q) end
+    elseif over_limit(month_total) then
+      status = 0
+      undecided[#undecided + 1] = i
+    end
+    if status == 1 then
+      m[1] = month_total
+      m[2] = add(m[2], q)
+      local sk = hot_idx .. '|' .. field
+      local s = hots[sk]
+      if s == nil then
+        s = {{0, 0}, hot_idx, tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), ARGV[b + 5], field}
+        hots[sk] = s
+        hot_order[#hot_order + 1] = sk
+      end
+      s[1] = add(s[1], q)
       if idem ~= '' then
         seen[seen_key] = fp
         idem_writes[#idem_writes + 1] = {win, idem, fp}
@@ -107,13 +141,36 @@ for i = 1, n do
   statuses[i] = status
 end
 
+if #undecided > 0 then
+  table.insert(undecided, 1, 0)
+  return undecided
+end
+
 -- Phase 2: apply. Only commands that cannot fail on valid arguments remain.
-for _, sk in ipairs(sum_order) do
-  local s = sums[sk]
-  if s[2][1] > 0 or s[2][2] > 0 then
-    redis.call('HINCRBY', KEYS[s[3]], s[7], tostr(s[2]))
-    redis.call('SADD', KEYS[s[4]], s[6])
-    redis.call('SET', KEYS[s[5]], now_ms, 'NX')
+-- Every amount written stays within 10^18 (hot <= hour total <= the bound) or the cap.
+for _, sk in ipairs(hot_order) do
+  local s = hots[sk]
+  redis.call('HINCRBY', KEYS[s[2]], s[6], tostr(s[1]))
+  redis.call('SADD', KEYS[s[3]], s[5])
+  redis.call('SET', KEYS[s[4]], now_ms, 'NX')
+end
+for _, mk in ipairs(month_order) do
+  local m = months[mk]
+  if m[2][1] > 0 or m[2][2] > 0 then
+    -- Set, not incremented: past the bound the month total saturates at CAP (past it, every
+    -- hour is decided by its own seeded total), so it never overflows a 64-bit integer.
+    local total = m[1]
+    if total[1] >= CAP_HI then total = {CAP_HI, 0} end
+    -- A new field sets the hash's expiry (one instant per month: set once, it holds).
+    if redis.call('HSET', KEYS[m[3]], m[4], tostr(total)) == 1 then
+      redis.call('EXPIREAT', KEYS[m[3]], m[5])
+    end
+  end
+end
+for _, hk in ipairs(hour_order) do
+  local h = hours[hk]
+  if h[2][1] > 0 or h[2][2] > 0 then
+    redis.call('HINCRBY', KEYS[h[3]], h[4], tostr(h[2]))
   end
 end
 local expiring = {}

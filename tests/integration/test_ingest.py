@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 
 from app.apikeys import Scope
 from app.application import create_app
+from app.hotpath.bound import month_of_hour
 from app.hotpath.keys import TenantKeys, meter_field
 from app.settings import Settings
 from app.timestamps import hour_of, parse_rfc3339
@@ -421,7 +422,14 @@ async def test_hourly_overflow_is_refused_before_writing(
         )
         assert over.status_code == 422
         assert over.json()["error"]["code"] == "quantity_overflow"
-        assert await snapshot(redis) == before
+        after = await snapshot(redis)
+        # Nothing counted, no key claimed. The month is full, so deciding needed the hour's
+        # own total: it is now kept beside the month's (app/hotpath/bound.py), and exact.
+        hour = hour_of(parse_rfc3339(TS))
+        totals = after[TenantKeys("acme").totals("c-42", month_of_hour(hour)[0]).encode()]
+        assert isinstance(totals, dict)
+        assert totals.pop(meter_field("api_call", hour).encode()) == b"1000000000000000000"
+        assert after == before
         # Another hour of the same customer still counts.
         other_hour = iso(NOW - timedelta(hours=1))
         ok = await client.post("/api/v1/usage", json=event(timestamp=other_hour))

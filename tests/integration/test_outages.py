@@ -7,6 +7,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Iterator
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
@@ -18,6 +19,7 @@ from app.application import create_app
 from app.embedded import PostgresServer, RedisServer
 from app.hotpath.client import RedisConfigError
 from app.settings import Settings
+from app.worker.flusher import Flusher
 from tests.conftest import running
 from tests.http import client_for
 from tests.integration.flush_helpers import (
@@ -167,6 +169,61 @@ async def test_postgres_down_ingest_continues_bills_503(
             await asyncio.sleep(0.25)
         assert bill.status_code == 200
         assert bill.json()["lines"][0]["quantity"] == "21"
+
+
+async def test_postgres_down_an_hour_past_its_month_is_503_and_counts_nothing(
+    servers: tuple[RedisServer, PostgresServer],
+) -> None:
+    # A customer whose month holds 10^12 units: a new hour of it needs its flushed total
+    # from PostgreSQL (app/hotpath/bound.py). Down: 503, nothing counted, other ingest goes on.
+    redis, postgres = servers
+    settings = settings_for(redis, postgres)
+    key = await make_key(postgres.url, "acme", Scope.INGEST)
+    now = datetime.now(UTC).replace(minute=1, second=0, microsecond=0)
+    hour, other = now - timedelta(hours=1), now - timedelta(hours=2)
+    if other.month != hour.month:
+        other = now
+    big = {"customer_id": "big", "resource_type": "bytes", "timestamp": hour.isoformat()}
+    app = create_app(settings)
+    client_redis = aioredis.Redis.from_url(redis.url)
+    pool = await asyncpg.create_pool(postgres.url, min_size=1, max_size=2)
+    try:
+        async with running(app), client_for(app, key) as client:
+            full = await client.post(
+                "/api/v1/usage/batch", json={"events": [{**big, "quantity": 10**9}] * 1000}
+            )
+            assert full.json()["accepted"] == 1000
+            await Flusher(settings, client_redis, pool).flush_all(lease_wait=0)
+            await pool.close()
+            postgres.stop()
+            await asyncio.sleep(0.3)  # past the key cache TTL: the key is served from cache
+            before = {k: await client_redis.dump(k) for k in await client_redis.keys("*")}
+            started = time.monotonic()
+            moved = {**big, "quantity": 1, "timestamp": other.isoformat()}
+            refused = await client.post("/api/v1/usage", json=moved)
+            assert refused.status_code == 503, refused.text
+            assert time.monotonic() - started < 2.5
+            after = {k: await client_redis.dump(k) for k in await client_redis.keys("*")}
+            assert after == before
+            # Coalesced with other customers' events, it fails alone: they are counted.
+            answers = await asyncio.gather(
+                client.post("/api/v1/usage", json=moved),
+                *[client.post("/api/v1/usage", json=EVENT) for _ in range(30)],
+            )
+            assert [a.status_code for a in answers] == [503] + [202] * 30
+            postgres.start()
+            for _ in range(40):
+                response = await client.post("/api/v1/usage", json=moved)
+                if response.status_code != 503:
+                    break
+                await asyncio.sleep(0.25)
+            assert response.status_code == 202, response.text
+            assert (
+                await client.post("/api/v1/usage", json=big | {"quantity": 1})
+            ).status_code == 422
+    finally:
+        await client_redis.aclose()
+        await pool.close()
 
 
 async def test_revoked_key_stops_working_within_the_cache_ttl(

@@ -482,6 +482,7 @@ def ingest_services(outcome: Outcome) -> Any:
     return SimpleNamespace(
         settings=SimpleNamespace(coalesce=True),
         coalescer=SimpleNamespace(submit=submit),
+        seeder=None,
         scripts=None,
         idempotency=None,
     )
@@ -515,7 +516,7 @@ async def test_ingest_errors_are_documented(raw: bytes, status: int) -> None:
 async def test_batch_answer_is_documented(monkeypatch: pytest.MonkeyPatch) -> None:
     cycle = [Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.CONFLICT, Outcome.OVERFLOW]
 
-    async def apply_events(scripts: Any, tenant: str, events: list[Any], *_: Any) -> Any:
+    async def apply_events(scripts: Any, tenant: str, events: list[Any], *_: Any, **__: Any) -> Any:
         return [cycle[i % len(cycle)] for i in range(len(events))]
 
     monkeypatch.setattr(usage, "apply_events", apply_events)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,10 +19,21 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from app.hotpath.bound import month_of_hour
 from app.hotpath.events import Event, parse_event
-from app.hotpath.ingest import IdempotencyConfig, Outcome, apply_events, build_call
+from app.hotpath.ingest import (
+    SEED_ROUNDS,
+    BoundBusyError,
+    IdempotencyConfig,
+    NeedsSeedError,
+    Outcome,
+    apply_each,
+    apply_events,
+    build_call,
+)
 from app.hotpath.keys import TenantKeys, as_text, idempotency_slot, meter_field, shard_of
-from app.quantities import MAX_HOUR_MICRO
+from app.quantities import MAX_EVENT_MICRO, MAX_HOUR_MICRO, from_micro
+from app.repo.errors import DatabaseUnavailableError
 from app.scripts import Scripts
 from app.timestamps import NS, hour_of
 
@@ -75,13 +86,75 @@ def pairs(flat: Iterable[bytes | str]) -> dict[str, int]:
 
 @dataclass
 class Backend:
-    """A client with the scripts registered, and the calls the app makes with them."""
+    """A client with the scripts registered, and the calls the app makes with them.
+
+    ``flushed`` plays PostgreSQL: :meth:`ack` moves the acked flush's units there, and
+    :meth:`seed` reads an hour's exact total from Redis and it, as
+    :class:`app.hotpath.bound.HourSeeder` does from Redis and PostgreSQL (tested against
+    real ones in tests/integration/test_bound.py).
+    """
 
     client: aioredis.Redis
     scripts: Scripts
+    flushed: dict[tuple[str, str], int] = field(default_factory=dict)
+    seeds: int = 0
 
-    async def ingest(self, *events: Event, now_ns: int | None = None) -> list[Outcome]:
-        return await apply_events(self.scripts, TENANT, events, CONFIG, now_ns)
+    async def ingest(
+        self, *events: Event, now_ns: int | None = None, seeder: bool = True
+    ) -> list[Outcome]:
+        return await apply_events(
+            self.scripts, TENANT, events, CONFIG, now_ns, seeder=self if seeder else None
+        )
+
+    async def fill(self, micro: int, customer: str = C1, resource: str = "api_call") -> None:
+        """Accept events (the largest there are) adding up to ``micro`` in the hour."""
+        sizes = [MAX_EVENT_MICRO] * (micro // MAX_EVENT_MICRO)
+        if micro % MAX_EVENT_MICRO:
+            sizes.append(micro % MAX_EVENT_MICRO)
+        events = [ev(from_micro(size), customer=customer, resource=resource) for size in sizes]
+        assert await self.ingest(*events) == [Outcome.ACCEPTED] * len(events)
+
+    async def seed(self, tenant: str, event: Event) -> bool:
+        hot, seq = await self.guard(event)
+        await self.between(event)
+        return await self.store(event, hot, seq)
+
+    async def guard(self, event: Event) -> tuple[str, str]:
+        """The hour's hot field and the shard's seq, before the exact read."""
+        meter = meter_field(event.resource_type, hour_of(event.timestamp_ns))
+        hot = await self.client.hget(KEYS.hot(event.customer_id), meter)
+        seq = await self.client.get(KEYS.seq(shard_of(event.customer_id)))
+        return as_text(hot or b""), as_text(seq or b"")
+
+    async def between(self, event: Event) -> None:
+        """What happens between the guard read and the seed (nothing, here)."""
+
+    async def store(self, event: Event, hot_before: str, seq_before: str) -> bool:
+        """The exact read (Redis + ``flushed``), then seed.lua."""
+        hour = hour_of(event.timestamp_ns)
+        month, expire_at = month_of_hour(hour)
+        meter = meter_field(event.resource_type, hour)
+        hot, pending, _, _ = await self.read(event.customer_id)
+        exact = hot.get(meter, 0) + pending.get(meter, 0)
+        exact += self.flushed.get((event.customer_id, meter), 0)
+        self.seeds += 1
+        seeded = await self.scripts.seed(
+            keys=[
+                KEYS.totals(event.customer_id, month),
+                KEYS.hot(event.customer_id),
+                KEYS.seq(shard_of(event.customer_id)),
+            ],
+            args=[meter, exact, hot_before, seq_before, expire_at],
+        )
+        return bool(seeded)
+
+    async def month_total(self, customer: str = C1, resource: str = "api_call") -> int | None:
+        value = await self.client.hget(KEYS.totals(customer, month_of_hour(HOUR)[0]), resource)
+        return None if value is None else int(value)
+
+    async def hour_total(self, customer: str = C1, meter: str = API) -> int | None:
+        value = await self.client.hget(KEYS.totals(customer, month_of_hour(HOUR)[0]), meter)
+        return None if value is None else int(value)
 
     async def hot(self, customer: str = C1, field: str = API) -> int | None:
         value = await self.client.hget(KEYS.hot(customer), field)
@@ -106,6 +179,11 @@ class Backend:
         return list(reply)
 
     async def ack(self, flush_id: str) -> int:
+        if as_text(await self.client.hget(KEYS.meta(SHARD), "flush_id") or b"") == flush_id:
+            for customer in await self.members(KEYS.pending_customers(SHARD)):
+                for meter, micro in (await self.pending(customer)).items():
+                    key = (customer, meter)
+                    self.flushed[key] = self.flushed.get(key, 0) + micro
         reply = await self.scripts.ack(
             keys=[KEYS.pending_customers(SHARD), KEYS.meta(SHARD)],
             args=[KEYS.pending_prefix, flush_id],
@@ -195,9 +273,11 @@ async def test_conflict_counts_nothing(backend: Backend, other: dict[str, Any]) 
 
 
 async def test_overflow_counts_nothing_and_claims_no_key(backend: Backend) -> None:
-    await backend.client.hset(KEYS.hot(C1), API, str(LIMIT))
+    await backend.fill(LIMIT)
+    await backend.drain("f1")
+    assert await backend.ack("f1") == 1
     assert await backend.ingest(ev("0.000001", key="k")) == [Outcome.OVERFLOW]
-    assert await backend.hot() == LIMIT
+    assert await backend.hot() is None
     assert await backend.exists(KEYS.dirty(SHARD), KEYS.first(SHARD)) == 0
     # A refused event leaves no idempotency record: the key is free for a corrected retry.
     assert await backend.client.keys(KEYS.prefix + "idem:*") == []
@@ -243,7 +323,7 @@ async def test_key_stored_by_an_earlier_call_wins_over_one_in_the_call(backend: 
 async def test_overflowing_last_event_writes_nothing_but_earlier_ones_apply(
     backend: Backend,
 ) -> None:
-    await backend.client.hset(KEYS.hot(C1), API, str(LIMIT - 5))
+    await backend.fill(LIMIT - 5)
     outcomes = await backend.ingest(
         ev("3", resource="gb", key="a"),
         ev("0.000005", key="b"),  # fills the hour exactly
@@ -258,7 +338,7 @@ async def test_overflowing_last_event_writes_nothing_but_earlier_ones_apply(
     assert fields == {idempotency_slot(k, CONFIG.fanout).field for k in ("a", "b")}
     # Running totals inside one call: an overflow does not use up room, a later event that
     # fits is still counted.
-    await backend.client.hset(KEYS.hot(C2), API, str(LIMIT - 10))
+    await backend.fill(LIMIT - 10, customer=C2)
     outcomes = await backend.ingest(
         ev("0.000006", customer=C2),
         ev("0.000005", customer=C2),
@@ -294,7 +374,7 @@ async def test_exactly_ten_to_the_twelve_units_accepted_one_micro_more_refused(
 
 
 async def test_bound_at_the_limit_after_a_large_preset(backend: Backend) -> None:
-    await backend.client.hset(KEYS.hot(C1), API, str(LIMIT - 10**15))
+    await backend.fill(LIMIT - 10**15)
     assert await backend.ingest(ev("1000000000"), ev("0.000001")) == [
         Outcome.ACCEPTED,
         Outcome.OVERFLOW,
@@ -303,7 +383,7 @@ async def test_bound_at_the_limit_after_a_large_preset(backend: Backend) -> None
 
 
 async def test_big_numbers_past_two_to_the_53_are_exact(backend: Backend) -> None:
-    await backend.client.hset(KEYS.hot(C1), API, "999999999999999999")
+    await backend.fill(999_999_999_999_999_999)
     assert await backend.ingest(ev("0.000001")) == [Outcome.ACCEPTED]
     assert await backend.client.hget(KEYS.hot(C1), API) == b"1000000000000000000"
     assert await backend.ingest(ev("0.000001")) == [Outcome.OVERFLOW]
@@ -318,7 +398,7 @@ async def test_sum_of_many_large_events_is_exact(backend: Backend, preset: int) 
     # Eleven maximal events add 10999999999999989 micro-units in one HINCRBY: odd and above
     # 2^53, so a double could not even hold the delta, let alone the running total.
     if preset:
-        await backend.client.hset(KEYS.hot(C1), API, str(preset))
+        await backend.fill(preset)
     outcomes = await backend.ingest(*[ev(MAX_EVENT) for _ in range(11)], ev("0.000001"))
     assert outcomes == [Outcome.ACCEPTED] * 12
     assert await backend.hot() == preset + 11 * (10**15 - 1) + 1
@@ -343,22 +423,25 @@ async def test_a_carry_between_the_two_halves_is_exact(
     assert await backend.hot() == total
 
 
-@pytest.mark.parametrize(
-    ("hot", "pending"),
-    [
-        (9, 999_999_999_999_999_990),
-        (500_000_000_600_000_000, 499_999_999_399_999_999),  # carries across the 10^9 split
-        (None, 999_999_999_999_999_999),
-    ],
-)
-async def test_pending_counts_in_the_bound(backend: Backend, hot: int | None, pending: int) -> None:
-    if hot is not None:
-        await backend.client.hset(KEYS.hot(C1), API, str(hot))
-    await backend.client.hset(KEYS.pending(C1), API, str(pending))
+@pytest.mark.parametrize("where", ["hot", "pending", "flushed", "spread"])
+async def test_the_bound_counts_the_hour_wherever_its_units_are(
+    backend: Backend, where: str
+) -> None:
+    # CONTRACT §2 bounds the hour, flushed or not: units frozen in a flush, or already in
+    # PostgreSQL and forgotten by Redis, still take room.
+    await backend.fill(LIMIT - 3 if where == "spread" else LIMIT - 1)
+    if where != "hot":
+        await backend.drain("f1")
+    if where in ("flushed", "spread"):
+        assert await backend.ack("f1") == 1
+    if where == "spread":  # some flushed, some pending, some hot
+        await backend.fill(1)
+        await backend.drain("f2")
+        await backend.fill(1)
     assert await backend.ingest(ev("0.000001")) == [Outcome.ACCEPTED]
     assert await backend.ingest(ev("0.000001")) == [Outcome.OVERFLOW]
-    assert await backend.hot() == (hot or 0) + 1
-    assert await backend.pending() == {API: pending}
+    assert await backend.month_total() == LIMIT
+    assert await backend.hour_total() == LIMIT
 
 
 # -- ingest: idempotency records ---------------------------------------------------------------
@@ -539,8 +622,7 @@ async def test_read_ignores_a_pending_hash_without_meta(backend: Backend) -> Non
 async def test_ingest_after_drain_goes_to_hot_and_the_bound_sees_pending(
     backend: Backend,
 ) -> None:
-    await backend.client.hset(KEYS.hot(C1), API, "999999999999999998")
-    await backend.client.sadd(KEYS.dirty(SHARD), C1)
+    await backend.fill(999_999_999_999_999_998)
     await backend.drain("f1")
     assert await backend.ingest(ev("0.000001")) == [Outcome.ACCEPTED]
     assert await backend.hot() == 1
@@ -555,14 +637,6 @@ async def test_ingest_after_drain_goes_to_hot_and_the_bound_sees_pending(
     assert (await backend.drain("f2"))[:3] == [b"1", b"f1", b"1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "CONTRACT §2 bounds a (customer, resource type, hour) at 10^12 units, but ingest.lua "
-        "checks hot + pending only: once a flush is acked the hour starts again from 0, so "
-        "an hour can be taken past 10^12 units one flush at a time"
-    ),
-)
 async def test_bound_still_holds_after_the_hour_was_flushed(backend: Backend) -> None:
     assert (
         await backend.ingest(*[ev(1_000_000_000) for _ in range(1000)]) == [Outcome.ACCEPTED] * 1000
@@ -570,3 +644,224 @@ async def test_bound_still_holds_after_the_hour_was_flushed(backend: Backend) ->
     await backend.drain("f1")
     assert await backend.ack("f1") == 1  # committed to PostgreSQL, then forgotten by Redis
     assert await backend.ingest(ev("0.000001")) == [Outcome.OVERFLOW]
+
+
+# -- ingest: the bound over flushed hours (month totals and seeded hours) --------------------
+
+
+def at(hour: int) -> str:
+    """A timestamp inside ``hour``."""
+    return datetime.fromtimestamp(hour * 3600 + 90, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# Another hour of HOUR's month (the next one is the current hour, if still that month).
+OTHER = next(h for h in (HOUR + 1, HOUR - 1) if month_of_hour(h)[0] == month_of_hour(HOUR)[0])
+# Three hours of one day ten days ago: always one month, always inside the accepted window.
+DAY = (hour_of(time.time_ns()) - 240) // 24 * 24
+OLD = [DAY + 1, DAY + 2, DAY + 3]
+
+
+async def test_month_totals_count_every_accepted_unit_and_expire_with_the_month(
+    backend: Backend,
+) -> None:
+    assert (
+        await backend.ingest(ev("1.5"), ev("2", resource="gb"), ev("3", key="k"))
+        == [Outcome.ACCEPTED] * 3
+    )
+    assert await backend.ingest(ev("3", key="k"), ev("9", customer=C2)) == [
+        Outcome.DUPLICATE,
+        Outcome.ACCEPTED,
+    ]
+    month, expire_at = month_of_hour(HOUR)
+    assert await backend.client.hgetall(KEYS.totals(C1, month)) == {
+        b"api_call": b"4500000",
+        b"gb": b"2000000",
+    }
+    assert await backend.month_total(C2) == 9_000_000
+    # Kept until 36 days after the month ends: events are accepted up to 35 days old.
+    end = datetime.fromtimestamp(HOUR * 3600, tz=UTC).replace(
+        day=28, hour=0, minute=0, second=0
+    ) + (datetime(2000, 1, 5, tzinfo=UTC) - datetime(2000, 1, 1, tzinfo=UTC))
+    end = end.replace(day=1)
+    assert expire_at == int(end.timestamp()) + 36 * 86_400
+    assert await backend.client.expiretime(KEYS.totals(C1, month)) == expire_at
+
+
+async def test_a_full_month_seeds_each_further_hour_once(backend: Backend) -> None:
+    await backend.fill(LIMIT)
+    await backend.drain("f1")
+    assert await backend.ack("f1") == 1
+    assert backend.seeds == 0
+    # The month is full, so the other hour cannot be decided from it: it is seeded (0) once.
+    assert await backend.ingest(ev("7", timestamp=at(OTHER))) == [Outcome.ACCEPTED]
+    assert backend.seeds == 1
+    other = meter_field("api_call", OTHER)
+    assert await backend.hour_total(meter=other) == 7_000_000
+    assert await backend.ingest(ev("8", timestamp=at(OTHER))) == [Outcome.ACCEPTED]
+    assert backend.seeds == 1
+    assert await backend.hour_total(meter=other) == 15_000_000
+    assert await backend.hot(field=other) == 15_000_000
+    # The full hour itself: seeded from its flushed units, then refused without a seed.
+    assert await backend.ingest(ev("0.000001")) == [Outcome.OVERFLOW]
+    assert await backend.ingest(ev("0.000001")) == [Outcome.OVERFLOW]
+    assert backend.seeds == 2
+    assert await backend.hour_total() == LIMIT
+    assert await backend.month_total() == LIMIT + 15_000_000
+
+
+async def test_a_call_that_fills_the_month_itself_seeds_what_it_cannot_decide(
+    backend: Backend,
+) -> None:
+    events = [ev(1_000_000_000) for _ in range(1000)]
+    events += [ev("0.000001", timestamp=at(OTHER)), ev("0.000001")]
+    outcomes = await backend.ingest(*events)
+    assert outcomes == [Outcome.ACCEPTED] * 1001 + [Outcome.OVERFLOW]
+    assert await backend.hot() == LIMIT
+    assert await backend.hot(field=meter_field("api_call", OTHER)) == 1
+
+
+async def test_month_totals_saturate_and_hours_still_hold_the_bound(backend: Backend) -> None:
+    for hour in OLD:
+        events = [ev(1_000_000_000, timestamp=at(hour)) for _ in range(1000)]
+        events.append(ev("0.000001", timestamp=at(hour)))
+        assert await backend.ingest(*events) == [Outcome.ACCEPTED] * 1000 + [Outcome.OVERFLOW]
+    stored = await backend.client.hgetall(KEYS.totals(C1, month_of_hour(OLD[0])[0]))
+    # 3 * 10^18 micro-units in the month: its total stops at 2 * 10^18 (far from a 64-bit
+    # overflow). Each hour was seeded once (OLD[0] by its refused micro-unit, the others by
+    # their first event) and holds its exact total.
+    assert stored == {
+        b"api_call": str(2 * LIMIT).encode(),
+        **{meter_field("api_call", h).encode(): str(LIMIT).encode() for h in OLD},
+    }
+    assert backend.seeds == 3
+    for hour in OLD:
+        assert await backend.ingest(ev("0.000001", timestamp=at(hour))) == [Outcome.OVERFLOW]
+    assert backend.seeds == 3
+    for hour in OLD:
+        assert await backend.hot(field=meter_field("api_call", hour)) == LIMIT
+
+
+async def test_without_a_seeder_an_undecided_call_writes_nothing(backend: Backend) -> None:
+    await backend.fill(LIMIT)
+    await backend.drain("f1")
+    assert await backend.ack("f1") == 1
+    before = {k: await backend.client.dump(k) for k in await backend.client.keys("*")}
+    with pytest.raises(BoundBusyError):
+        await backend.ingest(ev("1", key="k"), ev("1", resource="gb"), seeder=False)
+    after = {k: await backend.client.dump(k) for k in await backend.client.keys("*")}
+    assert after == before
+
+
+async def test_a_seed_is_refused_when_an_event_may_have_entered_the_hour(
+    backend: Backend,
+) -> None:
+    await backend.fill(5)
+    month, expire_at = month_of_hour(HOUR)
+    keys = [KEYS.totals(C1, month), KEYS.hot(C1), KEYS.seq(SHARD)]
+    assert await backend.scripts.seed(keys=keys, args=[API, 9, "4", "", expire_at]) == 0
+    assert await backend.hour_total() is None
+    await backend.drain("f1")  # the hot field is gone, the seq moved
+    assert await backend.scripts.seed(keys=keys, args=[API, 5, "5", "", expire_at]) == 0
+    assert await backend.scripts.seed(keys=keys, args=[API, 5, "", "", expire_at]) == 0
+    assert await backend.hour_total() is None
+    assert await backend.scripts.seed(keys=keys, args=[API, 5, "", "1", expire_at]) == 1
+    assert await backend.hour_total() == 5
+    # Seeded already: kept (the ingest script has kept it exact since).
+    assert await backend.scripts.seed(keys=keys, args=[API, 9, "", "1", expire_at]) == 1
+    assert await backend.hour_total() == 5
+    assert await backend.client.expiretime(keys[0]) == expire_at
+
+
+class Intruder(Backend):
+    """Between the guard read and the seed, one more micro-unit enters the same hour (the
+    month still has room for it, not for the undecided event)."""
+
+    async def between(self, event: Event) -> None:
+        small = ev("0.000001", timestamp=at(hour_of(event.timestamp_ns)))
+        assert await apply_events(self.scripts, TENANT, [small], CONFIG) == [Outcome.ACCEPTED]
+
+
+async def test_an_hour_that_keeps_taking_events_ends_in_busy(backend: Backend) -> None:
+    await backend.fill(LIMIT - 10)
+    await backend.drain("f1")
+    assert await backend.ack("f1") == 1
+    intruder = Intruder(backend.client, backend.scripts, backend.flushed)
+    with pytest.raises(BoundBusyError, match="kept changing"):
+        await intruder.ingest(ev("0.000011"))
+    assert intruder.seeds == SEED_ROUNDS  # every seed refused, then the last call undecided
+    assert await backend.hot() == SEED_ROUNDS  # the intruders; the event itself: nothing
+    assert await backend.hour_total() is None
+
+
+class BusyNeighbour(Backend):
+    """Between the guard read and the seed, an event enters another (seeded) hour."""
+
+    async def between(self, event: Event) -> None:
+        other = ev("1", timestamp=at(OLD[0]))
+        assert await apply_events(self.scripts, TENANT, [other], CONFIG) == [Outcome.ACCEPTED]
+
+
+async def test_a_busy_hour_does_not_keep_another_from_being_seeded(backend: Backend) -> None:
+    half = [ev(1_000_000_000, timestamp=at(OLD[0]))] * 500
+    half += [ev(1_000_000_000, timestamp=at(OLD[1]))] * 500
+    assert await backend.ingest(*half) == [Outcome.ACCEPTED] * 1000  # the month is full
+    assert await backend.ingest(ev("1", timestamp=at(OLD[0]))) == [Outcome.ACCEPTED]
+    assert backend.seeds == 1  # OLD[0] is seeded, with room left
+    # While OLD[2] is read, OLD[0] takes an event: the month total moves, OLD[2] does not.
+    busy = BusyNeighbour(backend.client, backend.scripts, backend.flushed)
+    assert await busy.ingest(ev("3", timestamp=at(OLD[2]))) == [Outcome.ACCEPTED]
+    assert busy.seeds == 1
+    month = month_of_hour(OLD[0])[0]
+    totals = await backend.client.hgetall(KEYS.totals(C1, month))
+    assert int(totals[meter_field("api_call", OLD[2]).encode()]) == 3_000_000
+    assert int(totals[meter_field("api_call", OLD[0]).encode()]) == LIMIT // 2 + 2_000_000
+
+
+class DownFor(Backend):
+    """A seeder that cannot read one customer's hours (PostgreSQL down, for that read)."""
+
+    async def seed(self, tenant: str, event: Event) -> bool:
+        if event.customer_id == C2:
+            raise DatabaseUnavailableError("postgresql is down")
+        return await super().seed(tenant, event)
+
+
+async def test_coalesced_events_that_need_a_seed_are_set_aside_and_the_rest_counted(
+    backend: Backend,
+) -> None:
+    down = DownFor(backend.client, backend.scripts)
+    await down.fill(LIMIT, customer=C2)
+    await down.fill(LIMIT, customer=C3)
+    events = [
+        ev("1", key="a"),
+        ev("0.000001", customer=C2, timestamp=at(OTHER)),  # needs a seed
+        ev("0.000001", customer=C3, timestamp=at(OTHER)),  # needs a seed
+        ev("2", key="a"),  # judged against the first event, as in one call
+        ev("5", customer=C2, timestamp=at(OTHER)),  # same hour as a set-aside one
+        ev("7", customer=C2, resource="gb"),
+    ]
+    results = await apply_each(down.scripts, TENANT, events, CONFIG)
+    assert [type(r) for r in results] == [
+        Outcome,
+        NeedsSeedError,
+        NeedsSeedError,
+        Outcome,
+        NeedsSeedError,
+        Outcome,
+    ]
+    assert [r for r in results if isinstance(r, Outcome)] == [
+        Outcome.ACCEPTED,
+        Outcome.CONFLICT,
+        Outcome.ACCEPTED,
+    ]
+    assert down.seeds == 0  # a coalesced call never waits for PostgreSQL
+    assert await down.hot() == 1_000_000
+    assert await down.hot(C2, GB) == 7_000_000
+    # Their requests then go alone, with a seeder: C3's hour is read and decided; C2's
+    # cannot be read, and its request fails whole, counting nothing.
+    assert await down.ingest(events[2]) == [Outcome.ACCEPTED]
+    assert await down.hot(C3, meter_field("api_call", OTHER)) == 1
+    with pytest.raises(DatabaseUnavailableError):
+        await down.ingest(events[1], ev("1"))
+    assert await down.hot(C2, meter_field("api_call", OTHER)) is None
+    assert await down.hot() == 1_000_000
