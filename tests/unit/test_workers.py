@@ -7,12 +7,14 @@ import itertools
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 
 import anyio
 import pytest
+import structlog
 
 from app import workers
 from app.worker.main import EXIT_HALTED
@@ -37,6 +39,8 @@ class _Proc:
         self.returncode: int | None = None
         self.beat_w = beat_w
         self.signals: list[int] = []
+        self.deaf = False  # ignores SIGTERM: a timed wait runs out
+        self.waits: list[float | None] = []
 
     def poll(self) -> int | None:
         return self.returncode
@@ -51,6 +55,9 @@ class _Proc:
         self.signals.append(sig)
 
     def wait(self, timeout: float | None = None) -> int | None:
+        self.waits.append(timeout)
+        if self.returncode is None and self.deaf and timeout is not None:
+            raise subprocess.TimeoutExpired("tally flush", timeout)
         return self.returncode
 
 
@@ -403,6 +410,24 @@ def test_a_flusher_dead_at_the_stop_fails_the_exit_code(
     flushers[0].returncode = -9
     assert supervisor._tend() is False
     assert supervisor._stop_flusher() == 1
+
+
+def test_a_flusher_deaf_to_sigterm_is_killed_after_its_grace(
+    supervisor: HttpWorkers, flushers: list[_Proc]
+) -> None:
+    # Its final flush gets grace + 5 s; past that it is killed, and the exit code says no
+    # final flush finished.
+    _started(supervisor)
+    flusher = flushers[0]
+    flusher.deaf = True
+    with structlog.testing.capture_logs() as logs:
+        assert supervisor._stop_flusher() == 1
+    assert flusher.signals == [signal.SIGTERM]
+    assert flusher.waits == [supervisor.grace + 5, None]
+    assert flusher.returncode == -9
+    assert [e["event"] for e in logs] == ["flusher.killed"]
+    assert supervisor._flusher is not None
+    assert supervisor._flusher.proc is None
 
 
 async def test_the_heartbeat_stops_quietly_once_the_supervisor_is_gone() -> None:
