@@ -10,15 +10,17 @@ keeps it. A seed is written only if no event entered the hour between the read a
 write (``app/lua/seed.lua`` says how that is known), so the read is still the hour's total.
 
 Cost: a month-total field per (customer, resource type, month); in the ingest script one
-HMGET per (customer, resource type, hour) and one HSET and EXPIREAT per (customer, resource
-type, month) of a call. A PostgreSQL read only for a customer past 10¹² − 10⁹ units of one
-resource type in a month: once per hour it uses after that (again if a seed is refused).
+HMGET per (customer, resource type, hour) and one HSET per (customer, resource type, month)
+of a call (an EXPIREAT only when the field is new, an HINCRBY per seeded hour). A
+PostgreSQL read only for a customer past 10¹² − 10⁹ units of one resource type in a month:
+once per hour it uses after that, per API process (concurrent requests for one hour share
+the read), and again if a seed is refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -47,23 +49,46 @@ def month_of_hour(hour: int) -> tuple[int, int]:
     return month, int(following.timestamp()) + KEEP_AFTER_MONTH_S
 
 
-@dataclass(frozen=True)
 class HourSeeder:
     """Seeds the hours the ingest script could not decide (see the module text)."""
 
-    redis: aioredis.Redis
-    scripts: Scripts
-    pool: asyncpg.Pool
+    def __init__(self, redis: aioredis.Redis, scripts: Scripts, pool: asyncpg.Pool) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.pool = pool
+        # Seeds in progress in this process, by (tenant, customer, resource type, hour):
+        # concurrent requests for one new hour (a busy customer at an hour's start) share one
+        # PostgreSQL read instead of each taking a pool connection.
+        self._running: dict[tuple[str, str, str, int], asyncio.Task[bool]] = {}
 
     async def seed(self, tenant: str, event: Event) -> bool:
         """Seed the hour of ``event``; False when an event may have entered the hour during
         the exact read (try again)."""
+        key = (tenant, event.customer_id, event.resource_type, hour_of(event.timestamp_ns))
+        task = self._running.get(key)
+        if task is None:
+            # A task of its own (with the first caller's database budget): a caller that is
+            # cancelled does not cancel the read the others wait for.
+            task = asyncio.create_task(self._seed(tenant, event))
+            self._running[key] = task
+
+            def done(finished: asyncio.Task[bool]) -> None:
+                self._running.pop(key, None)
+                if not finished.cancelled():
+                    finished.exception()  # retrieved, even if every caller has gone
+
+            task.add_done_callback(done)
+        return await asyncio.shield(task)
+
+    async def _seed(self, tenant: str, event: Event) -> bool:
         keys = TenantKeys(tenant)
         customer = event.customer_id
         hour = hour_of(event.timestamp_ns)
         month, expire_at = month_of_hour(hour)
         field = meter_field(event.resource_type, hour)
         seq_key = keys.seq(shard_of(customer))
+        # The guard first, then the exact read: seed.lua stores the total only if neither
+        # moved since, so nothing reached the hour after the read either.
         async with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
             pipe.hget(keys.hot(customer), field)
             pipe.get(seq_key)

@@ -6,7 +6,9 @@ is queued (up to ``max_batch`` events) and runs one script call per tenant, with
 under load, requests that arrive while calls are in flight share the next call, so the
 Python and network cost of a round trip is paid once per batch instead of per request.
 Ordering within a call is arrival order, so two requests with one idempotency key get the
-same answers as if they had been sent one after the other.
+same answers as if they had been sent one after the other; except that an event whose hour
+must first be read from PostgreSQL (the per-hour bound, app/hotpath/bound.py) is set aside
+and sent again by its own request, after the rest of the call.
 """
 
 from __future__ import annotations

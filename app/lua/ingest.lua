@@ -147,7 +147,8 @@ if #undecided > 0 then
 end
 
 -- Phase 2: apply. Only commands that cannot fail on valid arguments remain.
--- Every amount written stays within 10^18 (hot <= hour total <= the bound) or the cap.
+-- Hour totals stay within 10^18 and month totals within the cap; a hot field holds part of
+-- its hour (plus, at most, units a Tally without this check wrote): far from 2^63.
 for _, sk in ipairs(hot_order) do
   local s = hots[sk]
   redis.call('HINCRBY', KEYS[s[2]], s[6], tostr(s[1]))

@@ -3,9 +3,11 @@ for hours already flushed to PostgreSQL, against a real Redis and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import pytest
@@ -13,6 +15,7 @@ import redis.asyncio as aioredis
 from starlette.applications import Starlette
 
 from app.apikeys import Scope
+from app.hotpath import bound
 from app.hotpath.bound import HourSeeder, month_of_hour
 from app.hotpath.events import Event
 from app.hotpath.ingest import IdempotencyConfig, Outcome, apply_events
@@ -21,6 +24,7 @@ from app.repo.pool import create_pool
 from app.scripts import Scripts
 from app.settings import Settings
 from app.timestamps import hour_of
+from app.usage_reads import read_customer_usage
 from app.worker.flusher import Flusher
 from tests.http import client_for
 from tests.keys import make_key
@@ -107,15 +111,17 @@ async def test_an_hour_flushed_to_the_bound_takes_no_more(
         assert (await client.post("/api/v1/usage", json=event(10**9, OTHER))).status_code == 202
 
 
+@pytest.mark.parametrize("stop_at", ["after_drain", "after_commit"])
 async def test_an_hour_seeds_exactly_mid_flush(
-    settings: Settings, redis: aioredis.Redis, pool: asyncpg.Pool
+    settings: Settings, redis: aioredis.Redis, pool: asyncpg.Pool, stop_at: str
 ) -> None:
-    """HourSeeder's exact read counts flushed, committed-not-acked, pending and hot units
-    once each; the seeded total then decides the hour."""
-    await make_key(settings.database_url, "mid", Scope.INGEST)  # the tenant, for the flusher
+    """HourSeeder's exact read counts flushed, in-flight (drained and not committed, or
+    committed and not acked) and hot units once each; the seeded total then decides."""
+    tenant = f"mid_{stop_at}"
+    await make_key(settings.database_url, tenant, Scope.INGEST)  # the tenant, for the flusher
     scripts = Scripts.register(redis)
     seeder = HourSeeder(redis, scripts, pool)
-    keys = TenantKeys("mid")
+    keys = TenantKeys(tenant)
 
     def ev(micro: int, hour: int = HOUR) -> Event:
         return Event("big", "bytes", micro, (hour * 3600 + 60) * 10**9, True, None)
@@ -123,7 +129,7 @@ async def test_an_hour_seeds_exactly_mid_flush(
     config = IdempotencyConfig(86_400, 16)
 
     async def ingest(*events: Event) -> list[Outcome]:
-        return await apply_events(scripts, "mid", events, config, seeder=seeder)
+        return await apply_events(scripts, tenant, events, config, seeder=seeder)
 
     big = 10**15  # the largest event, in micro-units
     assert await ingest(*[ev(big)] * 600) == [Outcome.ACCEPTED] * 600
@@ -133,13 +139,15 @@ async def test_an_hour_seeds_exactly_mid_flush(
     class StopError(Exception):
         pass
 
-    async def stop_after_commit(name: str) -> None:
-        if name == "after_commit":
+    async def crash(name: str) -> None:
+        if name == stop_at:
             raise StopError
 
-    with pytest.raises(StopError):  # 200 committed, still pending in Redis (a crash before ack)
-        await Flusher(settings, redis, pool, checkpoint=stop_after_commit).flush_all(lease_wait=0)
-    assert await redis.keys("t:{mid}:pend:*")
+    with pytest.raises(StopError):  # 200 drained (and committed), still pending in Redis
+        await Flusher(settings, redis, pool, checkpoint=crash).flush_all(lease_wait=0)
+    assert await redis.keys(f"t:{{{tenant}}}:pend:*")
+    committed = await pool.fetchval("SELECT count(*) FROM flushes WHERE tenant = $1", tenant)
+    assert committed == (1 if stop_at == "after_drain" else 2)
     assert await ingest(*[ev(big)] * 199, ev(big - 1)) == [Outcome.ACCEPTED] * 200  # hot
     month = month_of_hour(HOUR)[0]
     # The month holds 10^18 - 1: the next micro-unit anywhere in it needs the hour's total.
@@ -153,9 +161,89 @@ async def test_an_hour_seeds_exactly_mid_flush(
     await flush(settings, redis, pool)
     total = await pool.fetchval(
         "SELECT sum(quantity) FROM usage_records"
-        " WHERE tenant = 'mid' AND customer_id = 'big' AND bucket_start = $1",
+        " WHERE tenant = $1 AND customer_id = 'big' AND bucket_start = $2",
+        tenant,
         datetime.fromtimestamp(HOUR * 3600, tz=UTC),
     )
     assert total == LIMIT
     assert await ingest(ev(1)) == [Outcome.OVERFLOW]
     assert await ingest(ev(1, OTHER)) == [Outcome.ACCEPTED]
+
+
+def micro_event(micro: int, hour: int = HOUR) -> Event:
+    return Event("big", "bytes", micro, (hour * 3600 + 60) * 10**9, True, None)
+
+
+async def test_an_event_after_the_exact_read_refuses_the_seed(
+    settings: Settings,
+    redis: aioredis.Redis,
+    pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real HourSeeder reads its guard before the exact read: an event that enters the
+    hour right after that read refuses the seed, and the next round counts it."""
+    await make_key(settings.database_url, "guard", Scope.INGEST)
+    scripts = Scripts.register(redis)
+    seeder = HourSeeder(redis, scripts, pool)
+    config = IdempotencyConfig(86_400, 16)
+    big = 10**15
+    # The hour holds 10^18 - 20 micro-units (flushed), another hour 10: the month 10^18 - 10.
+    filled = [micro_event(big)] * 999 + [micro_event(big - 20), micro_event(10, OTHER)]
+    assert await apply_events(scripts, "guard", filled, config) == [Outcome.ACCEPTED] * 1001
+    await flush(settings, redis, pool)
+    reads = 0
+
+    async def read_then_intrude(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        usage = await read_customer_usage(*args, **kwargs)
+        reads += 1
+        if reads == 1:  # one micro-unit fits the month: it enters the hour after the read
+            intruder = await apply_events(scripts, "guard", [micro_event(1)], config)
+            assert intruder == [Outcome.ACCEPTED]
+        return usage
+
+    monkeypatch.setattr(bound, "read_customer_usage", read_then_intrude)
+    # 15 more do not fit the month (10^18 - 9 + 15): the hour must be read; with the
+    # intruder it holds 10^18 - 19, so they fit the hour.
+    outcomes = await apply_events(scripts, "guard", [micro_event(15)], config, seeder=seeder)
+    assert outcomes == [Outcome.ACCEPTED]
+    assert reads == 2  # the first seed was refused
+    seeded = await redis.hget(
+        TenantKeys("guard").totals("big", month_of_hour(HOUR)[0]), meter_field("bytes", HOUR)
+    )
+    assert int(seeded or 0) == LIMIT * 10**6 - 4  # exact: the intruder is in it
+    refused = await apply_events(scripts, "guard", [micro_event(5)], config, seeder=seeder)
+    assert refused == [Outcome.OVERFLOW]
+
+
+async def test_concurrent_requests_for_one_hour_share_its_read(
+    settings: Settings,
+    redis: aioredis.Redis,
+    pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await make_key(settings.database_url, "shared", Scope.INGEST)
+    scripts = Scripts.register(redis)
+    seeder = HourSeeder(redis, scripts, pool)
+    config = IdempotencyConfig(86_400, 16)
+    full = [micro_event(10**15)] * 1000
+    assert await apply_events(scripts, "shared", full, config) == [Outcome.ACCEPTED] * 1000
+    await flush(settings, redis, pool)
+    reads = 0
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        await asyncio.sleep(0.05)  # a slow PostgreSQL: the others arrive meanwhile
+        return await read_customer_usage(*args, **kwargs)
+
+    monkeypatch.setattr(bound, "read_customer_usage", counted)
+    outcomes = await asyncio.gather(
+        *[
+            apply_events(scripts, "shared", [micro_event(1, OTHER)], config, seeder=seeder)
+            for _ in range(20)
+        ]
+    )
+    assert outcomes == [[Outcome.ACCEPTED]] * 20
+    assert reads == 1
+    assert await redis.hget(TenantKeys("shared").hot("big"), meter_field("bytes", OTHER)) == b"20"
