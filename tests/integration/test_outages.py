@@ -205,7 +205,8 @@ async def test_postgres_down_an_hour_past_its_month_is_503_and_counts_nothing(
             assert time.monotonic() - started < 2.5
             after = {k: await client_redis.dump(k) for k in await client_redis.keys("*")}
             assert after == before
-            # Coalesced with other customers' events, it fails alone: they are counted.
+            # Sent with other customers' events (sharing coalesced calls with some of them,
+            # as the pump takes what is queued), it fails alone: they are all counted.
             answers = await asyncio.gather(
                 client.post("/api/v1/usage", json=moved),
                 *[client.post("/api/v1/usage", json=EVENT) for _ in range(30)],

@@ -329,6 +329,8 @@ def test_no_two_kinds_of_key_collide_and_all_of_a_tenant_share_its_tag(
                 built[(kind, tenant, shard)] = getattr(keys, kind)(shard)
         for window, slot in ((490, 0), (491, 3)):
             built[("idempotency", tenant, window, slot)] = keys.idempotency(window, slot)
+        for month in (682, 683, 6820):
+            built[("totals", tenant, customer, month)] = keys.totals(customer, month)
         for what, name in built.items():
             assert hash_tag(name) == tenant
             assert names.setdefault(name, what) == what, (name, names[name], what)
