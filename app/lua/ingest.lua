@@ -64,12 +64,12 @@ local counter_idx = tonumber(ARGV[4])
 local statuses = {}
 local undecided = {}  -- indexes of events whose hour must be seeded first
 local seen = {}       -- idempotency field (per window key) -> fingerprint, accepted in this call
-local hots = {}       -- hot_idx|field -> {delta, hot_idx, dirty_idx, first_idx, customer, field}
-local hot_order = {}
+-- One record per (customer, resource type, hour) and per (customer, resource type, month):
+local buckets = {}    -- hot_idx|field -> {seeded hour total or false, delta, hot_idx,
+                      --                   dirty_idx, first_idx, customer, field, total_idx}
+local bucket_order = {}
 local months = {}     -- total_idx|resource -> {total, delta, total_idx, resource, expire_at}
 local month_order = {}
-local hours = {}      -- total_idx|field -> {total or false (not seeded), delta, total_idx, field}
-local hour_order = {}
 local idem_writes = {}
 
 -- Phase 1: decide every event. Nothing is written until all are decided.
@@ -99,13 +99,14 @@ for i = 1, n do
   end
   if status == 1 then
     local mk = total_idx .. '|' .. resource
-    local hk = total_idx .. '|' .. field
-    local m, h = months[mk], hours[hk]
+    local hk = hot_idx .. '|' .. field
+    local m, h = months[mk], buckets[hk]
     if h == nil then
       local stored = redis.call('HMGET', KEYS[total_idx], resource, field)
-      h = {stored[2] and split(stored[2]), {0, 0}, total_idx, field}
-      hours[hk] = h
-      hour_order[#hour_order + 1] = hk
+      h = {stored[2] and split(stored[2]), {0, 0}, hot_idx, tonumber(ARGV[b + 3]),
+           tonumber(ARGV[b + 4]), ARGV[b + 5], field, total_idx}
+      buckets[hk] = h
+      bucket_order[#bucket_order + 1] = hk
       if m == nil then
         m = {split(stored[1] or '0'), {0, 0}, total_idx, resource, ARGV[b + 9]}
         months[mk] = m
@@ -116,7 +117,7 @@ for i = 1, n do
     local month_total = add(m[1], q)
     if h[1] then
       local hour_total = add(h[1], q)
-      if over_limit(hour_total) then status = 4 else h[1] = hour_total; h[2] = add(h[2], q) end
+      if over_limit(hour_total) then status = 4 else h[1] = hour_total end
     elseif over_limit(month_total) then
       status = 0
       undecided[#undecided + 1] = i
@@ -124,14 +125,7 @@ for i = 1, n do
     if status == 1 then
       m[1] = month_total
       m[2] = add(m[2], q)
-      local sk = hot_idx .. '|' .. field
-      local s = hots[sk]
-      if s == nil then
-        s = {{0, 0}, hot_idx, tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), ARGV[b + 5], field}
-        hots[sk] = s
-        hot_order[#hot_order + 1] = sk
-      end
-      s[1] = add(s[1], q)
+      h[2] = add(h[2], q)
       if idem ~= '' then
         seen[seen_key] = fp
         idem_writes[#idem_writes + 1] = {win, idem, fp}
@@ -149,11 +143,14 @@ end
 -- Phase 2: apply. Only commands that cannot fail on valid arguments remain.
 -- Hour totals stay within 10^18 and month totals within the cap; a hot field holds part of
 -- its hour (plus, at most, units a Tally without this check wrote): far from 2^63.
-for _, sk in ipairs(hot_order) do
-  local s = hots[sk]
-  redis.call('HINCRBY', KEYS[s[2]], s[6], tostr(s[1]))
-  redis.call('SADD', KEYS[s[3]], s[5])
-  redis.call('SET', KEYS[s[4]], now_ms, 'NX')
+for _, hk in ipairs(bucket_order) do
+  local h = buckets[hk]
+  if h[2][1] > 0 or h[2][2] > 0 then
+    redis.call('HINCRBY', KEYS[h[3]], h[7], tostr(h[2]))
+    redis.call('SADD', KEYS[h[4]], h[6])
+    redis.call('SET', KEYS[h[5]], now_ms, 'NX')
+    if h[1] then redis.call('HINCRBY', KEYS[h[8]], h[7], tostr(h[2])) end
+  end
 end
 for _, mk in ipairs(month_order) do
   local m = months[mk]
@@ -166,12 +163,6 @@ for _, mk in ipairs(month_order) do
     if redis.call('HSET', KEYS[m[3]], m[4], tostr(total)) == 1 then
       redis.call('EXPIREAT', KEYS[m[3]], m[5])
     end
-  end
-end
-for _, hk in ipairs(hour_order) do
-  local h = hours[hk]
-  if h[2][1] > 0 or h[2][2] > 0 then
-    redis.call('HINCRBY', KEYS[h[3]], h[4], tostr(h[2]))
   end
 end
 local expiring = {}
