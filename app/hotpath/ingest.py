@@ -135,11 +135,7 @@ async def apply_events(
             raise BoundBusyError("an event's hour total is unknown and cannot be read")
         if attempt == SEED_ROUNDS:
             break
-        undecided: dict[tuple[str, str, int], Event] = {}
-        for position in reply[1:]:
-            event = events[int(position) - 1]
-            undecided.setdefault(_bucket(event), event)
-        for event in undecided.values():
+        for event in _undecided(reply, events).values():
             await seeder.seed(tenant, event)
     raise BoundBusyError("an hour's total kept changing while it was read; try again")
 
@@ -160,7 +156,8 @@ async def apply_each(
     active = list(range(len(events)))
     now = time.time_ns()
     while active:
-        keys, args = build_call(tenant, [events[i] for i in active], config, now)
+        sent = [events[i] for i in active]
+        keys, args = build_call(tenant, sent, config, now)
         async with redis_errors():
             reply = await scripts.ingest(keys=keys, args=args)
         if int(reply[0]) != 0:
@@ -168,7 +165,7 @@ async def apply_each(
             break
         # Nothing was written. Every event of an undecided hour is set aside (the later
         # ones could not be decided either); the call is made again without them.
-        stuck = {_bucket(events[active[int(position) - 1]]) for position in reply[1:]}
+        stuck = _undecided(reply, sent)
         for i in active:
             if _bucket(events[i]) in stuck:
                 results[i] = NeedsSeedError("the event's hour must be read first")
@@ -178,3 +175,12 @@ async def apply_each(
 
 def _bucket(event: Event) -> tuple[str, str, int]:
     return (event.customer_id, event.resource_type, hour_of(event.timestamp_ns))
+
+
+def _undecided(reply: list[bytes], events: Sequence[Event]) -> dict[tuple[str, str, int], Event]:
+    """The hours an undecided reply ``{0, i, j, ...}`` names, each with its first event."""
+    hours: dict[tuple[str, str, int], Event] = {}
+    for position in reply[1:]:
+        event = events[int(position) - 1]
+        hours.setdefault(_bucket(event), event)
+    return hours
