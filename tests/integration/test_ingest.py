@@ -21,6 +21,7 @@ from app.timestamps import hour_of, parse_rfc3339
 from tests.conftest import running
 from tests.http import client_for
 from tests.keys import make_key
+from tests.redis_state import snapshot
 
 
 @dataclass
@@ -56,20 +57,6 @@ async def meter(
         TenantKeys(tenant).hot(customer), meter_field(resource, hour_of(parse_rfc3339(ts)))
     )
     return int(value or 0)
-
-
-async def snapshot(redis: aioredis.Redis) -> dict[bytes | str, object]:
-    """Every key and its content (hashes, sets, strings): to prove nothing changed."""
-    out: dict[bytes | str, object] = {}
-    for key in await redis.keys("*"):
-        kind = await redis.type(key)
-        if kind == b"hash":
-            out[key] = await redis.hgetall(key)
-        elif kind == b"set":
-            out[key] = await redis.smembers(key)
-        else:
-            out[key] = await redis.get(key)
-    return out
 
 
 def event(**overrides: object) -> dict[str, object]:

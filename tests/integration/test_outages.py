@@ -32,6 +32,7 @@ from tests.integration.flush_helpers import (
     start_flush,
 )
 from tests.keys import make_key
+from tests.redis_state import snapshot
 from tests.servers import own_servers
 
 pytestmark = pytest.mark.slow
@@ -197,14 +198,13 @@ async def test_postgres_down_an_hour_past_its_month_is_503_and_counts_nothing(
             await pool.close()
             postgres.stop()
             await asyncio.sleep(0.3)  # past the key cache TTL: the key is served from cache
-            before = {k: await client_redis.dump(k) for k in await client_redis.keys("*")}
+            before = await snapshot(client_redis)
             started = time.monotonic()
             moved = {**big, "quantity": 1, "timestamp": other.isoformat()}
             refused = await client.post("/api/v1/usage", json=moved)
             assert refused.status_code == 503, refused.text
             assert time.monotonic() - started < 2.5
-            after = {k: await client_redis.dump(k) for k in await client_redis.keys("*")}
-            assert after == before
+            assert await snapshot(client_redis) == before
             # Sent with other customers' events (sharing coalesced calls with some of them,
             # as the pump takes what is queued), it fails alone: they are all counted.
             answers = await asyncio.gather(

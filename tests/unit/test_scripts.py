@@ -36,6 +36,7 @@ from app.quantities import MAX_EVENT_MICRO, MAX_HOUR_MICRO, from_micro
 from app.repo.errors import DatabaseUnavailableError
 from app.scripts import Scripts
 from app.timestamps import NS, hour_of
+from tests.redis_state import snapshot
 
 pytestmark = pytest.mark.unit
 
@@ -745,11 +746,10 @@ async def test_without_a_seeder_an_undecided_call_writes_nothing(backend: Backen
     await backend.fill(LIMIT)
     await backend.drain("f1")
     assert await backend.ack("f1") == 1
-    before = {k: await backend.client.dump(k) for k in await backend.client.keys("*")}
+    before = await snapshot(backend.client)
     with pytest.raises(BoundBusyError):
         await backend.ingest(ev("1", key="k"), ev("1", resource="gb"), seeder=False)
-    after = {k: await backend.client.dump(k) for k in await backend.client.keys("*")}
-    assert after == before
+    assert await snapshot(backend.client) == before
 
 
 async def test_a_seed_is_refused_when_an_event_may_have_entered_the_hour(
