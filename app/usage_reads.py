@@ -7,12 +7,14 @@ seq the PostgreSQL read excludes, or is the pending flush, which is counted from
 one side. Rolled-up rows (seq 0) carry no seq to exclude: a flush drained after the Redis
 read must not be rolled up before the PostgreSQL read. TALLY_ROLLUP_AGE makes that rare;
 the statement tells when it happened anyway, and the read is made again.
-Cost: the customer's own fields and rows in the range.
+Cost: the customer's own fields and rows in the range. Concurrent bills share one Redis
+call and one PostgreSQL statement (app/bill_reads.py), each still exact on its own.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,7 +27,7 @@ from app.hotpath.redis_errors import redis_errors
 from app.quantities import from_micro
 from app.repo.deadline import start_clock
 from app.repo.errors import DatabaseUnavailableError
-from app.repo.usage import read_cold
+from app.repo.usage import ColdKey, ColdRead, read_cold, read_cold_months
 from app.scripts import Scripts
 
 log = structlog.get_logger("tally.reads")
@@ -51,8 +53,41 @@ class CustomerUsage:
         return dict(totals)
 
 
+@dataclass(frozen=True, slots=True)
+class Unflushed:
+    """A customer's fields still in Redis (micro-units), with the shard's seq numbers that
+    tell the PostgreSQL read which flushes to count."""
+
+    hot: dict[str, int]
+    pending: dict[str, int]
+    pending_seq: int
+    seq: int
+
+
 def _pairs(flat: list[bytes]) -> dict[str, int]:
     return {as_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+async def read_unflushed(
+    scripts: Scripts, tenant: str, customers: Sequence[str]
+) -> list[Unflushed]:
+    """One atomic Redis read of the customers' hot and pending fields (app/lua/read.lua)."""
+    keys = TenantKeys(tenant)
+    names: list[str] = []
+    for customer_id in customers:
+        shard = shard_of(customer_id)
+        names += [
+            keys.hot(customer_id),
+            keys.pending(customer_id),
+            keys.meta(shard),
+            keys.seq(shard),
+        ]
+    async with redis_errors():
+        replies = await scripts.read(keys=names)
+    return [
+        Unflushed(_pairs(hot), _pairs(pending), int(pending_seq), int(seq))
+        for hot, pending, pending_seq, seq in replies
+    ]
 
 
 async def read_customer_usage(
@@ -71,40 +106,68 @@ async def read_customer_usage(
     comes summed per resource type, labelled with ``first_hour``: only
     :meth:`CustomerUsage.per_resource` is meaningful then.
     """
-    keys = TenantKeys(tenant)
-    shard = shard_of(customer_id)
+    (usage,) = await read_usages(
+        scripts, pool, tenant, [customer_id], first_hour, end_hour, monthly=monthly
+    )
+    return usage
+
+
+async def read_usages(
+    scripts: Scripts,
+    pool: asyncpg.Pool,
+    tenant: str,
+    customers: Sequence[str],
+    first_hour: int,
+    end_hour: int,
+    *,
+    monthly: bool = False,
+) -> list[CustomerUsage]:
+    """:func:`read_customer_usage` for several customers, one per customer in order.
+
+    One Redis call reads them all; with ``monthly=True`` one PostgreSQL statement too
+    (concurrent bills share both: app/bill_reads.py), else one statement per customer.
+    Each customer's usage is exact at an instant within this call, as if read alone.
+    """
+    start = datetime.fromtimestamp(first_hour * 3600, tz=UTC)
+    end = datetime.fromtimestamp(end_hour * 3600, tz=UTC)
+    done: dict[int, CustomerUsage] = {}
+    todo = list(range(len(customers)))
     for _ in range(READ_ATTEMPTS):
         # Start the request's PostgreSQL budget before the Redis read: the PostgreSQL
         # snapshot then follows the Redis one by at most the budget, however the event
         # loop is delayed in between (TALLY_ROLLUP_AGE's floor rests on that).
         start_clock()
-        async with redis_errors():
-            hot_flat, pending_flat, pending_seq, seq = await scripts.read(
-                keys=[
-                    keys.hot(customer_id),
-                    keys.pending(customer_id),
-                    keys.meta(shard),
-                    keys.seq(shard),
-                ],
-            )
-        cold = await read_cold(
-            pool,
-            tenant,
-            customer_id,
-            shard,
-            datetime.fromtimestamp(first_hour * 3600, tz=UTC),
-            datetime.fromtimestamp(end_hour * 3600, tz=UTC),
-            int(seq),
-            int(pending_seq),
-            monthly=monthly,
-        )
-        if not cold.raced_rollup:
-            break
-        log.warning("read.raced_rollup", tenant=tenant, shard=shard, seq=int(seq))
-    else:
-        raise DatabaseUnavailableError("the read kept racing roll-ups; try again")
-    hot, pending = _pairs(hot_flat), _pairs(pending_flat)
+        unflushed = await read_unflushed(scripts, tenant, [customers[i] for i in todo])
+        keys = [
+            ColdKey(customers[i], shard_of(customers[i]), u.seq, u.pending_seq)
+            for i, u in zip(todo, unflushed, strict=True)
+        ]
+        if monthly:
+            colds = await read_cold_months(pool, tenant, start, end, keys)
+        else:
+            colds = [
+                await read_cold(
+                    pool, tenant, k.customer_id, k.shard, start, end, k.seq, k.pending_seq
+                )
+                for k in keys
+            ]
+        raced: list[int] = []
+        for i, u, cold in zip(todo, unflushed, colds, strict=True):
+            if cold.raced_rollup:
+                raced.append(i)
+                log.warning("read.raced_rollup", tenant=tenant, customer=customers[i], seq=u.seq)
+            else:
+                done[i] = _merge(u, cold, first_hour, end_hour)
+        if not raced:
+            return [done[i] for i in range(len(customers))]
+        todo = raced
+    raise DatabaseUnavailableError("the read kept racing roll-ups; try again")
+
+
+def _merge(unflushed: Unflushed, cold: ColdRead, first_hour: int, end_hour: int) -> CustomerUsage:
+    """Hot + pending (unless its flush is already committed) + flushed, per bucket."""
     micro: dict[tuple[str, int], int] = defaultdict(int)
+    hot, pending = unflushed.hot, unflushed.pending
     sources = [hot] if cold.pending_committed else [hot, pending]
     for fields in sources:
         for field, value in fields.items():

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from app import usage_reads
 from app.apikeys import Scope
 from app.repo.pool import create_pool
-from app.repo.usage import ColdRead, UsageRow, commit_flush, read_cold, rollup
+from app.repo.usage import ColdRead, UsageRow, commit_flush, read_cold, read_cold_months, rollup
 from app.scripts import Scripts
 from app.settings import Settings
 from app.timestamps import Period
@@ -239,16 +239,24 @@ async def test_a_read_that_races_a_roll_up_is_made_again(
     try:
         flusher = Flusher(settings, redis, pool)
         calls: list[int] = []
-        real_read_cold = read_cold
 
-        async def delayed(*args: Any, **kwargs: Any) -> ColdRead:
-            calls.append(args[6])  # the shard's seq at the Redis read
+        async def meanwhile(seq: int) -> None:
+            calls.append(seq)  # the shard's seq at the Redis read
             if len(calls) == 1:  # meanwhile: a flush, and its roll-up
                 await flusher.flush_all(lease_wait=1.0)
                 assert await rollup(pool, older_than=0, statement_timeout=TIMEOUT) >= 1
-            return await real_read_cold(*args, **kwargs)
+
+        async def delayed(*args: Any, **kwargs: Any) -> ColdRead:
+            await meanwhile(args[6])
+            return await read_cold(*args, **kwargs)
+
+        async def delayed_months(*args: Any, **kwargs: Any) -> list[ColdRead]:
+            (key,) = args[4]
+            await meanwhile(key.seq)
+            return await read_cold_months(*args, **kwargs)
 
         monkeypatch.setattr(usage_reads, "read_cold", delayed)
+        monkeypatch.setattr(usage_reads, "read_cold_months", delayed_months)
         period = Period.containing(datetime.now(UTC))
         first, end = (period.first_hour, period.end_hour) if monthly else (0, period.end_hour)
         usage = await read_customer_usage(

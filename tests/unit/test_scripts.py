@@ -36,6 +36,7 @@ from app.quantities import MAX_EVENT_MICRO, MAX_HOUR_MICRO, from_micro
 from app.repo.errors import DatabaseUnavailableError
 from app.scripts import Scripts
 from app.timestamps import NS, hour_of
+from app.usage_reads import Unflushed, read_unflushed
 from tests.redis_state import snapshot
 
 pytestmark = pytest.mark.unit
@@ -192,12 +193,9 @@ class Backend:
         return int(reply)
 
     async def read(self, customer: str = C1) -> tuple[dict[str, int], dict[str, int], int, int]:
-        # KEYS exactly as app/usage_reads.py builds them.
-        shard = shard_of(customer)
-        hot, pending, pending_seq, seq = await self.scripts.read(
-            keys=[KEYS.hot(customer), KEYS.pending(customer), KEYS.meta(shard), KEYS.seq(shard)]
-        )
-        return pairs(hot), pairs(pending), int(pending_seq), int(seq)
+        # The script called exactly as bills and usage reads call it.
+        (read,) = await read_unflushed(self.scripts, TENANT, [customer])
+        return read.hot, read.pending, read.pending_seq, read.seq
 
     async def members(self, key: str) -> set[str]:
         return {as_text(m) for m in await self.client.smembers(key)}
@@ -608,6 +606,24 @@ async def test_read_follows_a_flush_through_each_step(backend: Backend) -> None:
     assert await backend.read() == ({API: 500_000}, {}, 0, 1)
     await backend.drain("f2")
     assert await backend.read() == ({}, {API: 500_000}, 2, 2)
+
+
+async def test_one_read_of_several_customers_is_each_customers_own_read(
+    backend: Backend,
+) -> None:
+    # Concurrent bills share one call of the script (app/coalescer.py): each customer's
+    # part must be exactly what a call of its own returns, shards and repeats included.
+    await backend.ingest(ev("1"), ev("4", customer=C2), ev("3", customer=C3))
+    await backend.drain("f1")
+    await backend.ingest(ev("0.5"), ev("2", customer=C3))
+    customers = [C1, C3, C2, "c:none", C1]
+    together = await read_unflushed(backend.scripts, TENANT, customers)
+    alone = [(await read_unflushed(backend.scripts, TENANT, [c]))[0] for c in customers]
+    assert together == alone
+    assert together[0] == Unflushed({API: 500_000}, {API: 1_000_000}, 1, 1)
+    assert together[1] == Unflushed({API: 5_000_000}, {}, 0, 0)  # another shard
+    assert together[2] == Unflushed({}, {API: 4_000_000}, 1, 1)
+    assert together[3] == Unflushed({}, {}, 0, 0)
 
 
 async def test_read_ignores_a_pending_hash_without_meta(backend: Backend) -> None:
