@@ -18,22 +18,28 @@ from app.api.middleware import (
     ObservabilityMiddleware,
 )
 from app.auth import KeyCache
+from app.coalescer import Coalescer
 from app.errors import EXCEPTION_HANDLERS
 from app.heap import freeze_startup_heap
 from app.hotpath.bound import HourSeeder
 from app.hotpath.client import check_redis, create_redis
-from app.hotpath.coalescer import Coalescer
 from app.hotpath.events import Event
 from app.hotpath.ingest import IdempotencyConfig, Outcome, apply_each
 from app.ratelimit import RateLimiter
 from app.repo import tenants
+from app.repo.deadline import database_budget
 from app.repo.pool import create_pool
 from app.scripts import Scripts
 from app.services import Services
 from app.settings import Settings
+from app.usage_reads import CustomerUsage, read_usages
 from app.workers import heartbeat
 
 log = structlog.get_logger("tally.app")
+# Bills sharing one read: at most this many customers per statement, and this many reads
+# at once per process (bench/bill.py measured 1, 2 and 4: docs/benchmarks.md §9).
+BILL_BATCH = 64
+BILL_READS_IN_FLIGHT = 2
 
 
 def routes() -> list[BaseRoute]:
@@ -77,6 +83,16 @@ def create_app(
         async def apply(tenant: str, events: Sequence[Event]) -> list[Outcome | Exception]:
             return await apply_each(scripts, tenant, events, idempotency)
 
+        async def read_bills(
+            month: tuple[str, int, int], customers: Sequence[str]
+        ) -> list[CustomerUsage]:
+            tenant, first_hour, end_hour = month
+            # The pump's task has no request budget of its own: the shared read gets one.
+            with database_budget(settings.database_timeout):
+                return await read_usages(
+                    scripts, pool, tenant, customers, first_hour, end_hour, monthly=True
+                )
+
         async def lookup(key_id: str) -> tenants.KeyRecord | None:
             return await tenants.find_key(pool, key_id)
 
@@ -87,6 +103,9 @@ def create_app(
             scripts=scripts,
             keys=KeyCache(lookup, settings.key_cache_ttl, settings.database_timeout),
             coalescer=Coalescer(apply),
+            bill_reads=Coalescer(
+                read_bills, max_batch=BILL_BATCH, max_in_flight=BILL_READS_IN_FLIGHT
+            ),
             seeder=HourSeeder(redis, scripts, pool),
             idempotency=idempotency,
             rate_limiter=None
@@ -97,6 +116,7 @@ def create_app(
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(svc.coalescer.run)
+                tg.start_soon(svc.bill_reads.run)
                 if heartbeat_fd is not None:
                     tg.start_soon(heartbeat, heartbeat_fd)
                 if run_flusher:

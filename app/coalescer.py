@@ -1,54 +1,64 @@
-"""Coalescing concurrent single-event requests into few ingest script calls.
+"""Coalescing concurrent requests into few calls to Redis and PostgreSQL.
 
-Each request puts its event on a queue and awaits its own future. A pump takes whatever
-is queued (up to ``max_batch`` events) and runs one script call per tenant, with at most
+Each request puts its item on a queue under a key and awaits its own future. A pump takes
+whatever is queued (up to ``max_batch`` items) and makes one call per key, with at most
 ``max_in_flight`` calls at once. At low load a request is sent at once (no added delay);
 under load, requests that arrive while calls are in flight share the next call, so the
-Python and network cost of a round trip is paid once per batch instead of per request.
-Ordering within a call is arrival order, so two requests with one idempotency key get the
-same answers as if they had been sent one after the other; except that an event whose hour
-must first be read from PostgreSQL (the per-hour bound, app/hotpath/bound.py) is set aside
-and sent again by its own request, after the rest of the call.
+Python, network and server cost of a round trip is paid once per batch instead of per
+request. Two users:
+
+* ingest (app/api/usage.py): single events keyed by tenant share one ingest script call.
+  Ordering within a call is arrival order, so two requests with one idempotency key get
+  the same answers as if they had been sent one after the other; except that an event
+  whose hour must first be read from PostgreSQL (the per-hour bound,
+  app/hotpath/bound.py) is set aside and sent again by its own request, after the rest
+  of the call.
+* bills (app/api/billing.py): reads keyed by (tenant, month) share one Redis read and one
+  PostgreSQL statement (app/usage_reads.py:read_usages). Each read starts after its
+  request was queued and ends before it is answered, so it is exact at an instant within
+  the request, as a read of its own would be.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import anyio
 
-from app.hotpath.events import Event
-from app.hotpath.ingest import Outcome
-
-# One result per event: its outcome, or the error of that event alone (an hour that could
-# not be seeded, app/hotpath/ingest.py:apply_each); an exception raised fails them all.
-Apply = Callable[[str, Sequence[Event]], Awaitable[Sequence[Outcome | Exception]]]
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
-class _Item:
-    tenant: str
-    event: Event
-    future: asyncio.Future[Outcome]
+class _Item(Generic[K, T, R]):
+    key: K
+    value: T
+    future: asyncio.Future[R]
 
 
 @dataclass
-class Coalescer:
-    """Queue + pump. Run :meth:`run` as a supervised task for the life of the app."""
+class Coalescer(Generic[K, T, R]):
+    """Queue + pump. Run :meth:`run` as a supervised task for the life of the app.
 
-    apply: Apply
+    ``apply(key, values)`` returns one result per value: its outcome, or the error of that
+    value alone; an exception it raises fails them all.
+    """
+
+    apply: Callable[[K, Sequence[T]], Awaitable[Sequence[R | Exception]]]
     max_batch: int = 500
     max_in_flight: int = 4
-    _queue: list[_Item] = field(default_factory=list)
+    _queue: list[_Item[K, T, R]] = field(default_factory=list)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def submit(self, tenant: str, event: Event) -> Outcome:
-        """Count ``event`` and return its outcome (or raise what the script call raised)."""
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(tenant, event, future))
+    async def submit(self, key: K, value: T) -> R:
+        """Send ``value`` in the next call for ``key``; its result (or raise its error)."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(key, value, future))
         self._wakeup.set()
         return await future
 
@@ -68,14 +78,14 @@ class Coalescer:
                     continue
                 tg.start_soon(self._send, batch, limiter)
 
-    async def _send(self, batch: list[_Item], limiter: anyio.Semaphore) -> None:
+    async def _send(self, batch: list[_Item[K, T, R]], limiter: anyio.Semaphore) -> None:
         try:
-            by_tenant: dict[str, list[_Item]] = defaultdict(list)
+            by_key: dict[K, list[_Item[K, T, R]]] = defaultdict(list)
             for item in batch:
-                by_tenant[item.tenant].append(item)
-            for tenant, items in by_tenant.items():
+                by_key[item.key].append(item)
+            for key, items in by_key.items():
                 try:
-                    outcomes = await self.apply(tenant, [i.event for i in items])
+                    outcomes = await self.apply(key, [i.value for i in items])
                 except Exception as exc:
                     for item in items:
                         if not item.future.done():

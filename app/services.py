@@ -10,12 +10,14 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from app.auth import KeyCache
+from app.coalescer import Coalescer
 from app.hotpath.bound import HourSeeder
-from app.hotpath.coalescer import Coalescer
-from app.hotpath.ingest import IdempotencyConfig
+from app.hotpath.events import Event
+from app.hotpath.ingest import IdempotencyConfig, Outcome
 from app.ratelimit import RateLimiter
 from app.scripts import Scripts
 from app.settings import Settings
+from app.usage_reads import CustomerUsage
 
 if TYPE_CHECKING:
     from app.worker.status import FlusherStatus
@@ -30,7 +32,10 @@ class Services:
     pool: asyncpg.Pool
     scripts: Scripts
     keys: KeyCache
-    coalescer: Coalescer
+    # Single events, keyed by tenant.
+    coalescer: Coalescer[str, Event, Outcome]
+    # Bills' exact reads: customers keyed by (tenant, first hour, end hour) of the month.
+    bill_reads: Coalescer[tuple[str, int, int], str, CustomerUsage]
     idempotency: IdempotencyConfig
     seeder: HourSeeder
     flusher: FlusherStatus | None = None

@@ -106,6 +106,7 @@ class Settings:
     rollup_age: float = 3600.0
     rollup_interval: float = 60.0
     coalesce: bool = True
+    bill_coalesce: bool = True
     access_log: str = "errors"
     workers: int = 1
     log_format: str = "json"
@@ -155,6 +156,7 @@ class Settings:
             rollup_age=_positive_seconds(env, "TALLY_ROLLUP_AGE", "3600"),
             rollup_interval=_positive_seconds(env, "TALLY_ROLLUP_INTERVAL", "60"),
             coalesce=_choice(env, "TALLY_INGEST_COALESCE", "on", ("on", "off")) == "on",
+            bill_coalesce=_choice(env, "TALLY_BILL_COALESCE", "on", ("on", "off")) == "on",
             access_log=_choice(env, "TALLY_ACCESS_LOG", "errors", ("all", "errors", "off")),
             workers=_positive_int(env, "TALLY_WORKERS", 1),
             log_format=_choice(env, "TALLY_LOG_FORMAT", "json", ("json", "console")),

@@ -67,15 +67,19 @@ async def get_bill(request: Request) -> Response:
     period = _period(request)
     svc = services(request)
     started = time.perf_counter()
-    usage = await read_customer_usage(
-        svc.scripts,
-        svc.pool,
-        principal.tenant,
-        customer_id,
-        period.first_hour,
-        period.end_hour,
-        monthly=True,
-    )
+    if svc.settings.bill_coalesce:
+        month = (principal.tenant, period.first_hour, period.end_hour)
+        usage = await svc.bill_reads.submit(month, customer_id)
+    else:
+        usage = await read_customer_usage(
+            svc.scripts,
+            svc.pool,
+            principal.tenant,
+            customer_id,
+            period.first_hour,
+            period.end_hour,
+            monthly=True,
+        )
     if not usage.exists:
         raise not_found("customer")
     plan = _plan(usage.plan_id, usage.plan_body) if usage.plan_id and usage.plan_body else None
