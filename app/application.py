@@ -28,6 +28,7 @@ from app.hotpath.ingest import IdempotencyConfig, Outcome, apply_each
 from app.ratelimit import RateLimiter
 from app.repo import tenants
 from app.repo.deadline import database_budget
+from app.repo.errors import DatabaseUnavailableError
 from app.repo.pool import create_pool
 from app.scripts import Scripts
 from app.services import Services
@@ -85,7 +86,7 @@ def create_app(
 
         async def read_bills(
             month: tuple[str, int, int], customers: Sequence[str]
-        ) -> list[CustomerUsage]:
+        ) -> list[CustomerUsage | DatabaseUnavailableError]:
             tenant, first_hour, end_hour = month
             # The pump's task has no request budget of its own: the shared read gets one.
             with database_budget(settings.database_timeout):

@@ -13,10 +13,11 @@ request. Two users:
   whose hour must first be read from PostgreSQL (the per-hour bound,
   app/hotpath/bound.py) is set aside and sent again by its own request, after the rest
   of the call.
-* bills (app/api/billing.py): reads keyed by (tenant, month) share one Redis read and one
-  PostgreSQL statement (app/usage_reads.py:read_usages). Each read starts after its
-  request was queued and ends before it is answered, so it is exact at an instant within
-  the request, as a read of its own would be.
+* bills (app/api/billing.py, with ``read_bills`` in app/application.py): reads keyed by
+  (tenant, month) share one Redis read and one PostgreSQL statement
+  (app/usage_reads.py:read_usages). Each read starts after its request was queued and
+  ends before it is answered, so it is exact at an instant within the request, as a read
+  of its own would be. A bill waits at most its own PostgreSQL budget (a 503 after it).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class CoalescerStoppedError(Exception):
+    """The coalescer stopped (the process is shutting down) before answering: HTTP 503."""
+
+
 @dataclass
 class _Item(Generic[K, T, R]):
     key: K
@@ -41,12 +46,22 @@ class _Item(Generic[K, T, R]):
     future: asyncio.Future[R]
 
 
+def _fail(items: Sequence[_Item[K, T, R]], exc: BaseException) -> None:
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(exc)
+
+
 @dataclass
 class Coalescer(Generic[K, T, R]):
     """Queue + pump. Run :meth:`run` as a supervised task for the life of the app.
 
     ``apply(key, values)`` returns one result per value: its outcome, or the error of that
-    value alone; an exception it raises fails them all.
+    value alone; an exception it raises fails them all. The keys of one batch are sent
+    concurrently, so a slow key (a tenant, a month) does not hold up the others. A caller
+    bounds its own wait (cancelling :meth:`submit`); its value is then left out of the
+    call if that has not started. When the pump stops, every caller still waiting gets
+    :class:`CoalescerStoppedError`.
     """
 
     apply: Callable[[K, Sequence[T]], Awaitable[Sequence[R | Exception]]]
@@ -65,38 +80,51 @@ class Coalescer(Generic[K, T, R]):
     async def run(self) -> None:
         """The pump: forever take what is queued and send it."""
         limiter = anyio.Semaphore(self.max_in_flight)
-        async with anyio.create_task_group() as tg:
-            while True:
-                await self._wakeup.wait()
-                await limiter.acquire()
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
-                if not self._queue:
-                    self._wakeup.clear()
-                if not batch:
-                    limiter.release()
-                    continue
-                tg.start_soon(self._send, batch, limiter)
+        try:
+            async with anyio.create_task_group() as tg:
+                while True:
+                    await self._wakeup.wait()
+                    await limiter.acquire()
+                    batch = self._queue[: self.max_batch]
+                    del self._queue[: self.max_batch]
+                    if not self._queue:
+                        self._wakeup.clear()
+                    if not batch:
+                        limiter.release()
+                        continue
+                    tg.start_soon(self._send, batch, limiter)
+        finally:
+            _fail(self._queue, CoalescerStoppedError("the service is stopping"))
+            self._queue.clear()
 
     async def _send(self, batch: list[_Item[K, T, R]], limiter: anyio.Semaphore) -> None:
         try:
             by_key: dict[K, list[_Item[K, T, R]]] = defaultdict(list)
             for item in batch:
-                by_key[item.key].append(item)
-            for key, items in by_key.items():
-                try:
-                    outcomes = await self.apply(key, [i.value for i in items])
-                except Exception as exc:
-                    for item in items:
-                        if not item.future.done():
-                            item.future.set_exception(exc)
-                    continue
-                for item, outcome in zip(items, outcomes, strict=True):
-                    if item.future.done():
-                        continue
-                    if isinstance(outcome, Exception):
-                        item.future.set_exception(outcome)
-                    else:
-                        item.future.set_result(outcome)
+                if not item.future.done():  # its caller stopped waiting
+                    by_key[item.key].append(item)
+            async with anyio.create_task_group() as tg:
+                for key, items in by_key.items():
+                    tg.start_soon(self._call, key, items)
         finally:
             limiter.release()
+
+    async def _call(self, key: K, items: list[_Item[K, T, R]]) -> None:
+        try:
+            outcomes = await self.apply(key, [i.value for i in items])
+        except Exception as exc:
+            _fail(items, exc)
+            return
+        except BaseException:
+            _fail(items, CoalescerStoppedError("the service is stopping"))
+            raise
+        if len(outcomes) != len(items):
+            _fail(items, RuntimeError(f"{len(outcomes)} results for {len(items)} values"))
+            return
+        for item, outcome in zip(items, outcomes, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(outcome, Exception):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.coalescer import CoalescerStoppedError
 from app.hotpath.ingest import BoundBusyError
 from app.hotpath.redis_errors import RedisUnavailableError
 from app.metrics import metrics
@@ -104,6 +105,13 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _stopping(request: Request, exc: Exception) -> Response:
+    log.warning("request.stopping", error=str(exc))
+    return error_response(
+        503, "service_unavailable", "the service is stopping, retry", headers={"Retry-After": "1"}
+    )
+
+
 async def _bound_busy(request: Request, exc: Exception) -> Response:
     log.warning("ingest.bound_busy", error=str(exc))
     return error_response(
@@ -125,5 +133,6 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     RedisUnavailableError: _unavailable,
     DatabaseUnavailableError: _unavailable,
     BoundBusyError: _bound_busy,
+    CoalescerStoppedError: _stopping,
     Exception: _internal,
 }

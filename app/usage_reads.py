@@ -8,7 +8,7 @@ one side. Rolled-up rows (seq 0) carry no seq to exclude: a flush drained after 
 read must not be rolled up before the PostgreSQL read. TALLY_ROLLUP_AGE makes that rare;
 the statement tells when it happened anyway, and the read is made again.
 Cost: the customer's own fields and rows in the range. Concurrent bills share one Redis
-call and one PostgreSQL statement (app/bill_reads.py), each still exact on its own.
+call and one PostgreSQL statement (app/coalescer.py), each still exact on its own.
 """
 
 from __future__ import annotations
@@ -109,6 +109,8 @@ async def read_customer_usage(
     (usage,) = await read_usages(
         scripts, pool, tenant, [customer_id], first_hour, end_hour, monthly=monthly
     )
+    if isinstance(usage, Exception):
+        raise usage
     return usage
 
 
@@ -121,16 +123,17 @@ async def read_usages(
     end_hour: int,
     *,
     monthly: bool = False,
-) -> list[CustomerUsage]:
-    """:func:`read_customer_usage` for several customers, one per customer in order.
+) -> list[CustomerUsage | DatabaseUnavailableError]:
+    """:func:`read_customer_usage` for several customers, one per customer in order (or
+    the error of that customer alone: its reads kept racing roll-ups).
 
     One Redis call reads them all; with ``monthly=True`` one PostgreSQL statement too
-    (concurrent bills share both: app/bill_reads.py), else one statement per customer.
+    (concurrent bills share both: app/coalescer.py), else one statement per customer.
     Each customer's usage is exact at an instant within this call, as if read alone.
     """
     start = datetime.fromtimestamp(first_hour * 3600, tz=UTC)
     end = datetime.fromtimestamp(end_hour * 3600, tz=UTC)
-    done: dict[int, CustomerUsage] = {}
+    done: dict[int, CustomerUsage | DatabaseUnavailableError] = {}
     todo = list(range(len(customers)))
     for _ in range(READ_ATTEMPTS):
         # Start the request's PostgreSQL budget before the Redis read: the PostgreSQL
@@ -159,9 +162,12 @@ async def read_usages(
             else:
                 done[i] = _merge(u, cold, first_hour, end_hour)
         if not raced:
-            return [done[i] for i in range(len(customers))]
+            break
         todo = raced
-    raise DatabaseUnavailableError("the read kept racing roll-ups; try again")
+    else:
+        for i in todo:
+            done[i] = DatabaseUnavailableError("the read kept racing roll-ups; try again")
+    return [done[i] for i in range(len(customers))]
 
 
 def _merge(unflushed: Unflushed, cold: ColdRead, first_hour: int, end_hour: int) -> CustomerUsage:

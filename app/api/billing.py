@@ -23,6 +23,7 @@ from app.metrics import metrics
 from app.plans import Plan, parse_plan
 from app.pricing import bill_to_json, price_bill
 from app.quantities import format_quantity
+from app.repo.errors import translated
 from app.responses import JSONResponse
 from app.timestamps import HOUR_NS, NS, Period, TimestampError, format_utc, parse_rfc3339
 from app.usage_reads import CustomerUsage, read_customer_usage
@@ -69,7 +70,10 @@ async def get_bill(request: Request) -> Response:
     started = time.perf_counter()
     if svc.settings.bill_coalesce:
         month = (principal.tenant, period.first_hour, period.end_hour)
-        usage = await svc.bill_reads.submit(month, customer_id)
+        # The shared read has a budget of its own; the wait for it, queue included, is
+        # bounded by this request's (503 once it is spent, as for a read of its own).
+        async with translated():
+            usage = await svc.bill_reads.submit(month, customer_id)
     else:
         usage = await read_customer_usage(
             svc.scripts,

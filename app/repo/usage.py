@@ -286,14 +286,16 @@ _READ_COLD_BY_HOUR = _READ_COLD.format(
 )
 # Bills: one row per resource type for the calendar month [$6, $7), for each of the
 # customers $2 (with their shards $3, seqs $4 and pending seqs $5, the read rule's inputs
-# from their Redis reads). Concurrent bills share it (app/bill_reads.py): a statement costs
+# from their Redis reads). Concurrent bills share it (app/coalescer.py): a statement costs
 # PostgreSQL ~0.1 ms however little it reads, so N bills in one statement cost far less
 # than N statements. The rolled-up part comes from usage_monthly (one row per resource
 # type), the flushes not rolled up yet from their own partial index, so the cost does not
-# grow with the hours of the month. Every per-customer part is a LATERAL subquery with a
-# LIMIT, which PostgreSQL cannot flatten into a join: each stays an index lookup by
-# (tenant, customer) or (tenant, shard, seq), never a scan of the tenant's rows, whatever
-# the statistics were when the connection planned the statement. The ORDER BY of the two
+# grow with the hours of the month. Each probe of the head row (one per customer) is a
+# LATERAL subquery with a LIMIT, which PostgreSQL cannot flatten into a join: each stays
+# an index lookup by (tenant, customer) or (tenant, shard, seq), never a scan of the
+# tenant's rows, whatever the statistics were when the connection planned the statement.
+# The sums are a LATERAL subquery per customer too (without a LIMIT: checked with EXPLAIN
+# on bench/bill.py's data, an index scan per customer on each arm). The ORDER BY of the two
 # usage probes is their index's order: without it, the plan could take the first row of
 # the tenant's flush index that matches the customer (3,120 rows read per bill in
 # bench/bill.py's data, 0.9 ms of PostgreSQL instead of 0.1 ms). The arrays are read

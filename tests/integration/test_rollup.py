@@ -15,12 +15,13 @@ import redis.asyncio as aioredis
 
 from app import usage_reads
 from app.apikeys import Scope
+from app.hotpath.keys import shard_of
 from app.repo.pool import create_pool
 from app.repo.usage import ColdRead, UsageRow, commit_flush, read_cold, read_cold_months, rollup
 from app.scripts import Scripts
 from app.settings import Settings
 from app.timestamps import Period
-from app.usage_reads import read_customer_usage
+from app.usage_reads import read_customer_usage, read_usages
 from app.worker.flusher import Flusher
 from tests.integration.flush_helpers import Truth, cold_totals, ingest_random
 from tests.keys import make_key
@@ -270,5 +271,56 @@ async def test_a_read_that_races_a_roll_up_is_made_again(
                 expected[resource] += micro
         seen = {r: int(q * 1_000_000) for r, q in usage.per_resource().items()}
         assert seen == dict(+expected)
+    finally:
+        await pool.close()
+
+
+async def test_a_shared_read_reads_again_only_the_customers_that_raced(
+    settings: Settings,
+    redis: aioredis.Redis,
+    tenant: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bills sharing one read (app/coalescer.py): a roll-up racing the read of one
+    customer's shard makes that customer's read be made again, and only that one; the
+    others' first reads stand, and every customer's usage is exact."""
+    truth: Truth = Counter()
+    await ingest_random(redis, truth, events=400, customers=20, rng=random.Random(11))
+    by_shard = {shard_of(f"cust:{n}"): f"cust:{n}" for n in range(20)}
+    assert len(by_shard) >= 3
+    customers = list(by_shard.values())[:3]
+    racer = customers[1]
+    pool = await create_pool(settings)
+    try:
+        flusher = Flusher(settings, redis, pool)
+        rounds: list[list[str]] = []
+
+        async def delayed_months(*args: Any, **kwargs: Any) -> list[ColdRead]:
+            rounds.append([key.customer_id for key in args[4]])
+            if len(rounds) == 1:  # meanwhile: the racer's shard flushed and rolled up
+                await flusher.flush_shard("acme", shard_of(racer), lease_wait=1.0)
+                assert await rollup(pool, older_than=0, statement_timeout=TIMEOUT) >= 1
+            return await read_cold_months(*args, **kwargs)
+
+        monkeypatch.setattr(usage_reads, "read_cold_months", delayed_months)
+        period = Period.containing(datetime.now(UTC))
+        usages = await read_usages(
+            Scripts.register(redis),
+            pool,
+            "acme",
+            customers,
+            period.first_hour,
+            period.end_hour,
+            monthly=True,
+        )
+        assert rounds == [customers, [racer]]
+        for customer, usage in zip(customers, usages, strict=True):
+            assert not isinstance(usage, Exception)
+            expected: Counter[str] = Counter()
+            for (_, who, resource, hour), micro in truth.items():
+                if who == customer and period.first_hour <= int(hour.timestamp()) // 3600:
+                    expected[resource] += micro
+            seen = {r: int(q * 1_000_000) for r, q in usage.per_resource().items()}
+            assert seen == dict(+expected), customer
     finally:
         await pool.close()

@@ -5,18 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
 
+from app import application
 from app.apikeys import Scope
-from app.application import create_app
-from app.hotpath.keys import shard_of
+from app.application import BILL_READS_IN_FLIGHT, create_app
+from app.hotpath.keys import TenantKeys, shard_of
 from app.repo.pool import create_pool
 from app.repo.usage import rollup
 from app.settings import Settings
+from app.worker.flusher import Flusher
 from tests.conftest import running
 from tests.http import client_for
 from tests.integration.test_billing import PRO, flush
@@ -128,3 +134,96 @@ async def test_concurrent_bills_share_reads_and_each_is_its_own_exact_bill(
     assert usage == {"api_call": "12.75", "seats": "12.75"}
     # 29 bills in 3 groups (two months, and another tenant) in far fewer Redis calls.
     assert 3 <= calls <= len(paths) // 2, calls
+
+
+class StopError(Exception):
+    pass
+
+
+def stop_at(step: str) -> Callable[[str], Awaitable[None]]:
+    async def checkpoint(name: str) -> None:
+        if name == step:
+            raise StopError(step)
+
+    return checkpoint
+
+
+async def test_bills_sharing_a_read_mid_flush_are_each_exact(
+    app: Starlette, settings: Settings, redis: aioredis.Redis, database_url: str
+) -> None:
+    """One shared read over three shards in three states: a flush drained and not
+    committed, one committed and not acked, and a shard at rest (its own seq)."""
+    tenant = "shared-mid"
+    admin = await make_key(database_url, tenant, Scope.ADMIN)
+    by_shard = {shard_of(f"mid-{n}"): f"mid-{n}" for n in range(40)}
+    drained, committed, resting = list(by_shard.values())[:3]
+    customers = [drained, committed, resting]
+    sent: dict[str, Decimal] = {c: Decimal(0) for c in customers}
+
+    async def ingest(round_: int) -> None:
+        events = [
+            {"customer_id": c, "resource_type": "api_call", "quantity": f"{n + 1}.{round_}"}
+            for n, c in enumerate(customers)
+        ]
+        async with client_for(app, admin) as client:
+            response = await client.post("/api/v1/usage/batch", json={"events": events})
+        assert response.json()["accepted"] == len(events)
+        for event in events:
+            sent[event["customer_id"]] += Decimal(event["quantity"])
+
+    await ingest(1)
+    await flush(settings, redis)  # every shard at seq 1
+    await ingest(2)
+    pool = await create_pool(settings)
+    try:
+        for customer, step in ((drained, "after_drain"), (committed, "after_commit")):
+            flusher = Flusher(settings, redis, pool, checkpoint=stop_at(step))
+            with pytest.raises(StopError):
+                await flusher.flush_shard(tenant, shard_of(customer))
+    finally:
+        await pool.close()
+    await ingest(3)
+    assert await redis.exists(TenantKeys(tenant).meta(shard_of(drained)))
+    assert await redis.exists(TenantKeys(tenant).meta(shard_of(committed)))
+    assert not await redis.exists(TenantKeys(tenant).meta(shard_of(resting)))
+
+    paths = [f"/api/v1/billing/{c}" for c in customers] * 3
+    unshared = create_app(dataclasses.replace(settings, bill_coalesce=False))
+    async with running(unshared), client_for(unshared, admin) as client:
+        alone = [without_clock((await client.get(path)).json()) for path in paths]
+    async with client_for(app, admin) as client:
+        assert (await client.get(paths[0])).status_code == 200  # the key cache warm
+        before = await evalsha_calls(redis)
+        responses = await asyncio.gather(*(client.get(path) for path in paths))
+        calls = await evalsha_calls(redis) - before
+    together = [without_clock(response.json()) for response in responses]
+    assert together == alone
+    for customer, body in zip(paths, together, strict=True):
+        (line,) = [line for line in body["lines"] if line["type"] == "usage"]
+        assert Decimal(line["quantity"]) == sent[customer.rsplit("/", 1)[1]]
+    assert calls < len(paths), calls
+
+
+async def test_a_bill_waits_for_a_shared_read_no_longer_than_its_budget(
+    settings: Settings, redis: aioredis.Redis, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared read that hangs (PostgreSQL frozen) answers every bill waiting on it, and
+    every bill queued behind it, with 503 once its own budget is spent: within the
+    contract's 2 s."""
+    key = await make_key(database_url, "shared-hung", Scope.READ)
+
+    async def hung(*args: Any, **kwargs: Any) -> list[Any]:
+        await asyncio.sleep(60)
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(application, "read_usages", hung)
+    hung_app = create_app(dataclasses.replace(settings, database_timeout=0.5))
+    async with running(hung_app), client_for(hung_app, key) as client:
+        started = time.monotonic()
+        responses = await asyncio.gather(
+            *(client.get(f"/api/v1/billing/c-{n}") for n in range(BILL_READS_IN_FLIGHT * 5))
+        )
+        elapsed = time.monotonic() - started
+    assert [r.status_code for r in responses] == [503] * len(responses)
+    assert all(r.json()["error"]["code"] == "service_unavailable" for r in responses)
+    assert elapsed < 2, elapsed

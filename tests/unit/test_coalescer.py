@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from app.coalescer import Coalescer
+from app.coalescer import Coalescer, CoalescerStoppedError
 
 pytestmark = pytest.mark.unit
 
@@ -126,7 +126,61 @@ async def test_a_caller_that_gives_up_does_not_disturb_the_others(
     await first
     assert await staying == 40
     assert leaving.cancelled()
-    assert calls.calls[1] == ("a", [2, 4])  # its value was sent; its answer is dropped
+    assert calls.calls[1] == ("a", [4])  # gone before its call started: not sent
+
+
+async def test_a_caller_that_gives_up_mid_call_leaves_the_call_alone(
+    calls: Calls, running: Coalescer[str, int, int]
+) -> None:
+    calls.gate.clear()
+    leaving = asyncio.create_task(running.submit("a", 2))
+    await asyncio.sleep(0.01)  # its call is in flight
+    staying = asyncio.create_task(running.submit("a", 4))
+    leaving.cancel()
+    calls.gate.set()
+    assert await staying == 40
+    assert leaving.cancelled()
+    assert calls.calls == [("a", [2]), ("a", [4])]
+
+
+async def test_the_keys_of_a_batch_are_sent_concurrently(calls: Calls) -> None:
+    slow = asyncio.Event()
+
+    async def apply(key: str, values: Sequence[int]) -> list[int | Exception]:
+        if key == "slow":
+            await slow.wait()
+        return await calls.apply(key, values)
+
+    coalescer: Coalescer[str, int, int] = Coalescer(apply, max_in_flight=1)
+    pump = asyncio.create_task(coalescer.run())
+    try:
+        held = asyncio.create_task(coalescer.submit("slow", 2))
+        fast = asyncio.create_task(coalescer.submit("fast", 4))
+        # One batch: the fast key is answered while the slow one is still in its call.
+        assert await asyncio.wait_for(fast, 1) == 40
+        assert not held.done()
+        slow.set()
+        assert await held == 20
+    finally:
+        pump.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pump
+
+
+async def test_when_the_pump_stops_every_waiting_caller_gets_an_error(calls: Calls) -> None:
+    coalescer: Coalescer[str, int, int] = Coalescer(calls.apply, max_in_flight=1)
+    pump = asyncio.create_task(coalescer.run())
+    calls.gate.clear()
+    in_call = asyncio.create_task(coalescer.submit("a", 2))
+    await asyncio.sleep(0.01)
+    queued = asyncio.create_task(coalescer.submit("a", 4))
+    await asyncio.sleep(0.01)
+    pump.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pump
+    for task in (in_call, queued):
+        with pytest.raises(CoalescerStoppedError):
+            await asyncio.wait_for(task, 1)
 
 
 async def test_calls_in_flight_are_bounded(calls: Calls) -> None:

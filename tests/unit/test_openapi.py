@@ -568,7 +568,12 @@ async def test_bill_answers_are_documented(
 
     monkeypatch.setattr(billing, "read_customer_usage", read)
     request = make_request(
-        {"customer_id": "c-42"}, query=query, services=SimpleNamespace(scripts=None, pool=None)
+        {"customer_id": "c-42"},
+        query=query,
+        # The read is replaced above: bills read one at a time (not shared) go through it.
+        services=SimpleNamespace(
+            scripts=None, pool=None, settings=SimpleNamespace(bill_coalesce=False)
+        ),
     )
     path = "/api/v1/billing/{customer_id}"
     found, body, _ = await answer(path, "get", billing.get_bill, request)
@@ -590,7 +595,12 @@ async def test_usage_answers_are_documented(
 
     monkeypatch.setattr(billing, "read_customer_usage", read)
     request = make_request(
-        {"customer_id": "c-42"}, query=query, services=SimpleNamespace(scripts=None, pool=None)
+        {"customer_id": "c-42"},
+        query=query,
+        # The read is replaced above: bills read one at a time (not shared) go through it.
+        services=SimpleNamespace(
+            scripts=None, pool=None, settings=SimpleNamespace(bill_coalesce=False)
+        ),
     )
     path = "/api/v1/usage/{customer_id}"
     found, body, _ = await answer(path, "get", billing.get_usage, request)
