@@ -103,6 +103,10 @@ class Coalescer(Generic[K, T, R]):
             for item in batch:
                 if not item.future.done():  # its caller stopped waiting
                     by_key[item.key].append(item)
+            if len(by_key) == 1:  # the usual batch: no task group to set up
+                ((key, items),) = by_key.items()
+                await self._call(key, items)
+                return
             async with anyio.create_task_group() as tg:
                 for key, items in by_key.items():
                     tg.start_soon(self._call, key, items)

