@@ -23,13 +23,17 @@ Measured with wrk against ``tally serve --workers 2 --no-flusher``: latency (p50
 1 connection (one bill at a time: no queueing), at 16 connections (target p99 ≤ 10 ms),
 at 16 connections that each pause ``BENCH_BILL_PAUSE_MS`` (16) before every request (a
 bounded offered load, ≤ 1,000 bills/s: latency without saturation) and reads/s at 64,
-with the CPU each process spent per bill, each ``BENCH_REPEAT`` times (default 2; the run
+and at 16 connections again over the bills of 1,000 other customers (a random one per
+request: shared reads then read different customers' rows), with the CPU each process
+spent per bill, each ``BENCH_REPEAT`` times (default 2; the run
 the rest of the shared machine disturbed least is reported). The
 bill's quantities are checked against PostgreSQL + Redis first. A breakdown times, in
 this process, the parts of one bill (the exact usage read as bills and as the usage
 endpoint do it, the PostgreSQL statement alone, pricing).
 
-``BENCH_BILL_ROWS`` scales the table down (e.g. 1000000) for a quick run.
+``BENCH_BILL_ROWS`` scales the table down (e.g. 1000000) for a quick run;
+``BENCH_BILL_COALESCE=off`` runs the API with ``TALLY_BILL_COALESCE=off`` (bills that do
+not share reads), for comparison.
 Run: ``python -m bench.bill``; writes ``bench/results/bill.json``.
 """
 
@@ -67,6 +71,9 @@ from bench import _common as c
 
 TENANT = "bill"
 TARGET = "target"
+# The many-customers point reads the bills of this many other customers, a random one per
+# request: bills that share a read then read different rows, as a dashboard's would.
+MANY = 1_000
 CUSTOMERS = 10_000
 TARGET_RESOURCES = ("api_call", "storage_gb", "sms")
 PLAN = {
@@ -201,6 +208,21 @@ async def _load(url: str, period: Period) -> dict[str, Any]:
     }
 
 
+async def _customers(url: str, count: int) -> None:
+    """The first ``count`` other customers on the plan too, for the many-customers point
+    (their bills read their own flushed and hot usage: one resource type each)."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "INSERT INTO customers (tenant, customer_id, plan_id) "
+            "SELECT $1, 'cust-' || lpad(c::text, 5, '0'), 'pro' FROM generate_series(1, $2::int) c",
+            TENANT,
+            count,
+        )
+    finally:
+        await conn.close()
+
+
 async def _hot(settings: Settings, rounds: int) -> dict[str, int]:
     """Hot fields for other customers and the target; returns the target's micro-units
     per resource type added (all in the current hour)."""
@@ -313,13 +335,22 @@ def _pause_ms() -> int:
 
 
 def _point(
-    url: str, token: str, path: str, conns: int, groups: c.Groups, pause_ms: int = 0
+    url: str,
+    token: str,
+    path: str,
+    conns: int,
+    groups: c.Groups,
+    pause_ms: int = 0,
+    *,
+    many: int = 0,
 ) -> dict[str, Any]:
     """``BENCH_REPEAT`` runs (default 2); the one the rest of the shared machine disturbed
     least (lowest ``other`` CPU), with every run listed. With ``pause_ms`` each connection
-    waits that long before each request (the paced point)."""
+    waits that long before each request (the paced point); with ``many`` each request is
+    the bill of a random one of the first ``many`` other customers, not the target's."""
     runs = [
-        _once(url, token, path, conns, groups, attempt, pause_ms) for attempt in range(c.repeat())
+        _once(url, token, path, conns, groups, attempt, pause_ms, many)
+        for attempt in range(c.repeat())
     ]
     best = dict(min(runs, key=lambda r: r["cpu_percent"]["other"]))
     best["runs"] = [
@@ -341,23 +372,34 @@ def _cpu_ms_per_bill(point: dict[str, Any], group: str) -> float:
 
 
 def _once(
-    url: str, token: str, path: str, conns: int, groups: c.Groups, attempt: int, pause_ms: int
+    url: str,
+    token: str,
+    path: str,
+    conns: int,
+    groups: c.Groups,
+    attempt: int,
+    pause_ms: int,
+    many: int,
 ) -> dict[str, Any]:
     time.sleep(1.0)
     spies = []
-    if os.environ.get("BENCH_PROFILE") and conns == 16 and attempt == 0 and not pause_ms:
+    if os.environ.get("BENCH_PROFILE") and conns == 16 and attempt == 0 and not (pause_ms or many):
         workers = [int(k.split()[1]) for k in groups if k.startswith("worker ")]
         spies = c.pyspy_start(workers, max(1.0, _duration() - 2), c.RESULTS / "profiles", "bill")
     meter = c.CpuMeter(groups)
     meter.start()
-    script, args = (
-        ("get_paced.lua", [token, path, str(pause_ms)]) if pause_ms else ("get.lua", [token, path])
-    )
+    if many:
+        script, args = "get_many.lua", [token, "/api/v1/billing/cust-", str(many)]
+    elif pause_ms:
+        script, args = "get_paced.lua", [token, path, str(pause_ms)]
+    else:
+        script, args = "get.lua", [token, path]
     result = c.wrk(url, script, args, connections=conns, duration=_duration())
     cpu = meter.stop({"wrk": result["wrk_cpu_seconds"]})
     point = {
         "connections": conns,
         "pause_ms": pause_ms,
+        "customers": many or 1,
         "requests": result["requests"],
         "reads_per_s": result["rps"],
         "p50_ms": result["p50_ms"],
@@ -378,7 +420,8 @@ def _once(
         (c.RESULTS / "profiles" / "bill-summary.txt").write_text(summary + "\n")
         print(summary, flush=True)
     c.log(
-        f"bill c={conns:<3}{f' paced {pause_ms} ms' if pause_ms else ''} "
+        f"bill c={conns:<3}{f' paced {pause_ms} ms' if pause_ms else ''}"
+        f"{f' {many} customers' if many else ''} "
         f"{point['reads_per_s']:>7.0f} reads/s  p50 {point['p50_ms']:.2f} ms  "
         f"p99 {point['p99_ms']:.2f} ms  non-2xx {point['non_2xx_3xx']}  cpu% "
         + " ".join(f"{k}={v:.0f}" for k, v in cpu.items() if not k.startswith("worker "))
@@ -399,7 +442,9 @@ def main() -> dict[str, Any]:
         time.sleep((period.end - datetime.now(UTC)).total_seconds() + 5)
         period = Period.containing(datetime.now(UTC))
     with c.redis_server() as rserver, c.postgres_server(durable=False) as pg:
-        env = c.tally_env(rserver.url, pg.url)
+        # BENCH_BILL_COALESCE=off measures bills that do not share reads.
+        coalesce = os.environ.get("BENCH_BILL_COALESCE", "on")
+        env = c.tally_env(rserver.url, pg.url, TALLY_BILL_COALESCE=coalesce)
         c.migrate(env)
         token = c.create_key(env, TENANT, "admin")
         settings = Settings.from_env(env)
@@ -415,6 +460,7 @@ def main() -> dict[str, Any]:
             customer = {"name": "Target Inc.", "plan_id": "pro"}
             status, body = c.http("PUT", f"{url}/api/v1/customers/{TARGET}", token, customer)
             assert status in (200, 201), (status, body)
+            asyncio.run(_customers(pg.url, MANY))
             first = asyncio.run(_hot(settings, 1))
             flushed = subprocess.run(
                 [c.TALLY, "flush", "--once"], env=env, capture_output=True, timeout=120, check=False
@@ -450,6 +496,7 @@ def main() -> dict[str, Any]:
             latency = _point(url, token, path, 16, groups)
             paced = _point(url, token, path, 16, groups, _pause_ms())
             throughput = _point(url, token, path, 64, groups)
+            spread = _point(url, token, path, 16, groups, many=MANY)
         breakdown = asyncio.run(_breakdown(settings, period))
         c.log(f"breakdown (one at a time, in-process): {breakdown}")
     results = {
@@ -464,6 +511,7 @@ def main() -> dict[str, Any]:
         "latency_16": latency,
         "paced_16": paced,
         "throughput_64": throughput,
+        "many_customers_16": spread,
         "target_p99_ms": 10,
         "met": latency["p99_ms"] <= 10,
         "breakdown": breakdown,
@@ -486,6 +534,8 @@ def main() -> dict[str, Any]:
                 [
                     f"{p['connections']}, paced {p['pause_ms']} ms"
                     if p["pause_ms"]
+                    else f"{p['connections']}, {p['customers']:,} customers"
+                    if p["customers"] > 1
                     else p["connections"],
                     f"{p['reads_per_s']:,.0f}",
                     f"{p['p50_ms']:.2f}",
@@ -501,7 +551,7 @@ def main() -> dict[str, Any]:
                     ),
                     "/".join(f"{_cpu_ms_per_bill(p, k):.2f}" for k in ("api", "postgres")),
                 ]
-                for p in (alone, latency, paced, throughput)
+                for p in (alone, latency, paced, throughput, spread)
             ],
         )
     )
