@@ -27,7 +27,7 @@ from app.hotpath.redis_errors import redis_errors
 from app.quantities import from_micro
 from app.repo.deadline import start_clock
 from app.repo.errors import DatabaseUnavailableError
-from app.repo.usage import ColdKey, ColdRead, read_cold, read_cold_months
+from app.repo.usage import ColdKey, ColdRead, read_cold
 from app.scripts import Scripts
 
 log = structlog.get_logger("tally.reads")
@@ -127,8 +127,8 @@ async def read_usages(
     """:func:`read_customer_usage` for several customers, one per customer in order (or
     the error of that customer alone: its reads kept racing roll-ups).
 
-    One Redis call reads them all; with ``monthly=True`` one PostgreSQL statement too
-    (concurrent bills share both: app/coalescer.py), else one statement per customer.
+    One Redis call reads them all, then one PostgreSQL statement (concurrent bills share
+    both: app/coalescer.py).
     Each customer's usage is exact at an instant within this call, as if read alone.
     """
     start = datetime.fromtimestamp(first_hour * 3600, tz=UTC)
@@ -145,15 +145,7 @@ async def read_usages(
             ColdKey(customers[i], shard_of(customers[i]), u.seq, u.pending_seq)
             for i, u in zip(todo, unflushed, strict=True)
         ]
-        if monthly:
-            colds = await read_cold_months(pool, tenant, start, end, keys)
-        else:
-            colds = [
-                await read_cold(
-                    pool, tenant, k.customer_id, k.shard, start, end, k.seq, k.pending_seq
-                )
-                for k in keys
-            ]
+        colds = await read_cold(pool, tenant, start, end, keys, monthly=monthly)
         raced: list[int] = []
         for i, u, cold in zip(todo, unflushed, colds, strict=True):
             if cold.raced_rollup:

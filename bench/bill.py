@@ -62,7 +62,7 @@ from app.logs import configure_logging
 from app.plans import parse_plan
 from app.pricing import bill_to_json, price_bill
 from app.repo.pool import create_pool
-from app.repo.usage import ColdRead, read_cold
+from app.repo.usage import ColdKey, ColdRead, read_cold
 from app.scripts import Scripts
 from app.settings import Settings
 from app.timestamps import Period
@@ -275,7 +275,7 @@ async def _breakdown(settings: Settings, period: Period, n: int = 200) -> dict[s
     redis = create_redis(settings)
     scripts = Scripts.register(redis)
     pool = await create_pool(settings)
-    shard = shard_of(TARGET)
+    key = ColdKey(TARGET, shard_of(TARGET), 1 << 40, 0)
     times: dict[str, list[float]] = {}
     rows: dict[str, int] = {}
 
@@ -298,12 +298,14 @@ async def _breakdown(settings: Settings, period: Period, n: int = 200) -> dict[s
         )
         if monthly:
             usage = found
-        cold = await timed(
+        colds = await timed(
             f"read_cold ({label})",
             lambda m=monthly: read_cold(  # type: ignore[misc]
-                pool, TENANT, TARGET, shard, period.start, period.end, 1 << 40, 0, monthly=m
+                pool, TENANT, period.start, period.end, [key], monthly=m
             ),
         )
+        assert isinstance(colds, list)
+        (cold,) = colds
         assert isinstance(cold, ColdRead)
         rows[f"cold_rows_{label.replace(' ', '_')}"] = len(cold.buckets)
     assert isinstance(usage, CustomerUsage)

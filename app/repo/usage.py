@@ -244,66 +244,26 @@ class ColdRead:
     plan_body: str | None
 
 
+# One statement reads the flushed usage of one customer or of many (concurrent bills share
+# it: app/coalescer.py): a statement costs PostgreSQL ~0.1 ms however little it reads. $2
+# holds the customers, with their shards $3, seqs $4 and pending seqs $5 (the read rule's
+# inputs from their Redis reads); the range is [$6, $7). Per customer: a head row (whether
+# its pending flush is committed, whether a flush drained after its Redis read is already
+# rolled up, whether it has any usage, its record and plan), then its usage rows.
+#
+# Each probe of the head row is a LATERAL subquery with a LIMIT, which PostgreSQL cannot
+# flatten into a join: each stays an index lookup by (tenant, customer) or (tenant, shard,
+# seq), never a scan of the tenant's rows, whatever the statistics were when the
+# connection planned the statement. The usage rows are a LATERAL subquery per customer too
+# (without a LIMIT: checked with EXPLAIN on bench/bill.py's data, an index scan per
+# customer on each arm). The ORDER BY of the two usage probes is their index's order:
+# without it, the plan could take the first row of the tenant's flush index that matches
+# the customer (3,120 rows read per bill in bench/bill.py's data, 0.9 ms of PostgreSQL
+# instead of 0.1 ms). The arrays are read through sub-selects so that the planner cannot
+# see their lengths: it then plans the statement once per connection and keeps that plan.
+# Given the arrays themselves, it made a new plan for every execution (cheaper, it judged,
+# for that length), which cost PostgreSQL 0.5 ms per bill instead of 0.13 ms.
 _READ_COLD = """
-    WITH cold AS ({cold})
-    SELECT
-        EXISTS (SELECT 1 FROM flushes
-                WHERE tenant = $1 AND shard = $5 AND seq = $7) AS pending_committed,
-        EXISTS (SELECT 1 FROM flushes
-                WHERE tenant = $1 AND shard = $5 AND seq > $6 AND rolled_up) AS raced,
-        (EXISTS (SELECT 1 FROM usage_records
-                 WHERE tenant = $1 AND customer_id = $2 AND seq = 0)
-         OR EXISTS (SELECT 1 FROM usage_records
-                    WHERE tenant = $1 AND customer_id = $2 AND seq > 0)) AS any_usage,
-        c.customer_id IS NOT NULL AS customer_exists,
-        c.plan_id,
-        p.body::text AS plan_body,
-        NULL::text AS resource_type, NULL::timestamptz AS bucket_start,
-        NULL::numeric AS quantity
-    FROM (SELECT 1) AS one
-    LEFT JOIN customers c ON c.tenant = $1 AND c.customer_id = $2
-    LEFT JOIN plans p ON p.tenant = c.tenant AND p.plan_id = c.plan_id
-    UNION ALL
-    SELECT NULL, NULL, NULL, NULL, NULL, NULL, resource_type, bucket_start, quantity FROM cold
-"""
-# Usage series: one row per (resource type, hour), from the two halves of the customer
-# index (rolled-up rows, and the flushes not rolled up yet: sql/0004).
-_READ_COLD_BY_HOUR = _READ_COLD.format(
-    cold="""
-        SELECT resource_type, bucket_start, sum(quantity) AS quantity
-        FROM (
-            SELECT resource_type, bucket_start, quantity FROM usage_records
-            WHERE tenant = $1 AND customer_id = $2
-              AND bucket_start >= $3 AND bucket_start < $4
-              AND seq = 0
-            UNION ALL
-            SELECT resource_type, bucket_start, quantity FROM usage_records
-            WHERE tenant = $1 AND customer_id = $2
-              AND bucket_start >= $3 AND bucket_start < $4
-              AND seq > 0 AND shard = $5 AND seq <= $6
-        ) AS parts
-        GROUP BY resource_type, bucket_start"""
-)
-# Bills: one row per resource type for the calendar month [$6, $7), for each of the
-# customers $2 (with their shards $3, seqs $4 and pending seqs $5, the read rule's inputs
-# from their Redis reads). Concurrent bills share it (app/coalescer.py): a statement costs
-# PostgreSQL ~0.1 ms however little it reads, so N bills in one statement cost far less
-# than N statements. The rolled-up part comes from usage_monthly (one row per resource
-# type), the flushes not rolled up yet from their own partial index, so the cost does not
-# grow with the hours of the month. Each probe of the head row (one per customer) is a
-# LATERAL subquery with a LIMIT, which PostgreSQL cannot flatten into a join: each stays
-# an index lookup by (tenant, customer) or (tenant, shard, seq), never a scan of the
-# tenant's rows, whatever the statistics were when the connection planned the statement.
-# The sums are a LATERAL subquery per customer too (without a LIMIT: checked with EXPLAIN
-# on bench/bill.py's data, an index scan per customer on each arm). The ORDER BY of the two
-# usage probes is their index's order: without it, the plan could take the first row of
-# the tenant's flush index that matches the customer (3,120 rows read per bill in
-# bench/bill.py's data, 0.9 ms of PostgreSQL instead of 0.1 ms). The arrays are read
-# through sub-selects so that the planner cannot see their lengths: it then plans the
-# statement once per connection and keeps that plan. Given the arrays themselves, it made
-# a new plan for every execution (cheaper, it judged, for that length), which cost
-# PostgreSQL 0.5 ms per bill instead of 0.13 ms.
-_READ_COLD_MONTHS = """
     WITH req AS (
         SELECT * FROM unnest(
             (SELECT $2::text[]), (SELECT $3::int[]), (SELECT $4::bigint[]), (SELECT $5::bigint[])
@@ -318,6 +278,7 @@ _READ_COLD_MONTHS = """
         cp.plan_id,
         cp.plan_body,
         NULL::text AS resource_type,
+        NULL::timestamptz AS bucket_start,
         NULL::numeric AS quantity
     FROM req r
     LEFT JOIN LATERAL (
@@ -347,19 +308,45 @@ _READ_COLD_MONTHS = """
         WHERE c.tenant = $1 AND c.customer_id = r.customer_id LIMIT 1
     ) cp ON true
     UNION ALL
-    SELECT r.i, NULL, NULL, NULL, NULL, NULL, NULL, parts.resource_type, sum(parts.quantity)
+    SELECT
+        r.i, NULL, NULL, NULL, NULL, NULL, NULL,
+        parts.resource_type, {bucket_start}, sum(parts.quantity)
     FROM req r
-    CROSS JOIN LATERAL (
+    CROSS JOIN LATERAL ({parts}) AS parts
+    GROUP BY r.i, parts.resource_type{group_by}
+"""
+# Usage series: one row per (resource type, hour), from the two halves of the customer
+# index (rolled-up rows, and the flushes not rolled up yet: sql/0004).
+_READ_COLD_BY_HOUR = _READ_COLD.format(
+    bucket_start="parts.bucket_start",
+    group_by=", parts.bucket_start",
+    parts="""
+        SELECT resource_type, bucket_start, quantity FROM usage_records
+        WHERE tenant = $1 AND customer_id = r.customer_id
+          AND bucket_start >= $6 AND bucket_start < $7
+          AND seq = 0
+        UNION ALL
+        SELECT resource_type, bucket_start, quantity FROM usage_records
+        WHERE tenant = $1 AND customer_id = r.customer_id
+          AND bucket_start >= $6 AND bucket_start < $7
+          AND seq > 0 AND shard = r.shard AND seq <= r.seq""",
+)
+# Bills: one row per resource type for the calendar month [$6, $7), labelled $6. The
+# rolled-up part comes from usage_monthly (one row per resource type), the flushes not
+# rolled up yet from their own partial index, so the cost does not grow with the hours of
+# the month.
+_READ_COLD_MONTH = _READ_COLD.format(
+    bucket_start="$6::timestamptz",
+    group_by="",
+    parts="""
         SELECT resource_type, quantity FROM usage_monthly
         WHERE tenant = $1 AND customer_id = r.customer_id AND month = $6
         UNION ALL
         SELECT resource_type, quantity FROM usage_records
         WHERE tenant = $1 AND customer_id = r.customer_id
           AND bucket_start >= $6 AND bucket_start < $7
-          AND seq > 0 AND shard = r.shard AND seq <= r.seq
-    ) AS parts
-    GROUP BY r.i, parts.resource_type
-"""
+          AND seq > 0 AND shard = r.shard AND seq <= r.seq""",
+)
 
 
 class ColdKey(NamedTuple):
@@ -382,58 +369,28 @@ def _is_calendar_month(start: datetime, end: datetime) -> bool:
 async def read_cold(
     pool: asyncpg.Pool,
     tenant: str,
-    customer_id: str,
-    shard: int,
     start: datetime,
     end: datetime,
-    seq: int,
-    pending_seq: int,
+    keys: Sequence[ColdKey],
     *,
     monthly: bool = False,
-) -> ColdRead:
-    """One statement: the customer's flushed rows in ``[start, end)`` visible under the
-    read rule, whether the pending flush ``pending_seq`` is already committed, and the
-    customer's record and plan (the first row; usage rows follow).
+) -> list[ColdRead]:
+    """One statement: for each key in order, the customer's flushed rows in ``[start, end)``
+    visible under the read rule, whether its pending flush is already committed, and its
+    record and plan.
 
-    Read rule (design/hot-cold.md): rows of flushes with seq ≤ ``seq`` (the shard's seq
-    when Redis was read) plus rolled-up rows (seq 0). Flushes drained after the Redis read
-    have seq > ``seq`` and their units were counted from Redis, so they are left out.
-    With ``monthly=True`` the range must be a UTC calendar month; the quantities come
+    Read rule (design/hot-cold.md): rows of flushes with seq ≤ ``key.seq`` (the shard's
+    seq when Redis was read) plus rolled-up rows (seq 0). Flushes drained after the Redis
+    read have seq > ``key.seq`` and their units were counted from Redis, so they are left
+    out. With ``monthly=True`` the range must be a UTC calendar month; the quantities come
     summed per resource type and labelled with ``start`` (what a bill needs), read from the
     monthly totals plus the flushes not rolled up yet: a handful of rows, not one per hour.
     """
-    if monthly:
-        (cold,) = await read_cold_months(
-            pool, tenant, start, end, [ColdKey(customer_id, shard, seq, pending_seq)]
-        )
-        return cold
-    async with translated():
-        rows = await pool.fetch(
-            _READ_COLD_BY_HOUR, tenant, customer_id, start, end, shard, seq, pending_seq
-        )
-    first = rows[0]
-    buckets = {(r["resource_type"], r["bucket_start"]): r["quantity"] for r in rows[1:]}
-    return ColdRead(
-        buckets=buckets,
-        pending_committed=first["pending_committed"],
-        raced_rollup=first["raced"],
-        any_usage=first["any_usage"],
-        customer_exists=first["customer_exists"],
-        plan_id=first["plan_id"],
-        plan_body=first["plan_body"],
-    )
-
-
-async def read_cold_months(
-    pool: asyncpg.Pool, tenant: str, start: datetime, end: datetime, keys: Sequence[ColdKey]
-) -> list[ColdRead]:
-    """:func:`read_cold` with ``monthly=True`` for several customers, in one statement:
-    one :class:`ColdRead` per key, in order (its buckets labelled with ``start``)."""
-    if not _is_calendar_month(start, end):
+    if monthly and not _is_calendar_month(start, end):
         raise ValueError(f"a monthly read needs a calendar month, got [{start}, {end})")
     async with translated():
         rows = await pool.fetch(
-            _READ_COLD_MONTHS,
+            _READ_COLD_MONTH if monthly else _READ_COLD_BY_HOUR,
             tenant,
             [k.customer_id for k in keys],
             [k.shard for k in keys],
@@ -446,7 +403,7 @@ async def read_cold_months(
     buckets: dict[int, dict[tuple[str, datetime], Decimal]] = {i: {} for i in heads}
     for r in rows:
         if r["resource_type"] is not None:
-            buckets[r["i"]][(r["resource_type"], start)] = r["quantity"]
+            buckets[r["i"]][(r["resource_type"], r["bucket_start"])] = r["quantity"]
     return [
         ColdRead(
             buckets=buckets[i],

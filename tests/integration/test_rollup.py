@@ -17,7 +17,7 @@ from app import usage_reads
 from app.apikeys import Scope
 from app.hotpath.keys import shard_of
 from app.repo.pool import create_pool
-from app.repo.usage import ColdRead, UsageRow, commit_flush, read_cold, read_cold_months, rollup
+from app.repo.usage import ColdKey, ColdRead, UsageRow, commit_flush, read_cold, rollup
 from app.scripts import Scripts
 from app.settings import Settings
 from app.timestamps import Period
@@ -124,8 +124,8 @@ async def test_monthly_totals_follow_utc_months_whatever_the_session_timezone(
             if stage == "after":
                 assert await rollup(pool, older_than=0, statement_timeout=TIMEOUT) == 1
             for period in (january, february):
-                cold = await read_cold(
-                    pool, tenant, "c-tz", 3, period.start, period.end, 1, 0, monthly=True
+                (cold,) = await read_cold(
+                    pool, tenant, period.start, period.end, [ColdKey("c-tz", 3, 1, 0)], monthly=True
                 )
                 seen[(stage, period.start.month)] = cold.buckets
         expected = {
@@ -167,20 +167,17 @@ async def test_monthly_read_sees_unrolled_flushes_by_the_read_rule(
             )
         # A read at seq s counts the rolled-up month and the shard's flushes up to s.
         for seq, total in ((1, "1"), (2, "11"), (3, "111")):
-            cold = await read_cold(
-                pool, tenant, "c-r", 2, period.start, period.end, seq, 0, monthly=True
+            (cold,) = await read_cold(
+                pool, tenant, period.start, period.end, [ColdKey("c-r", 2, seq, 0)], monthly=True
             )
             assert cold.buckets == {("api", period.start): Decimal(total)}, seq
         with pytest.raises(ValueError, match="calendar month"):
             await read_cold(
                 pool,
                 tenant,
-                "c-r",
-                2,
                 period.start,
                 period.end - timedelta(hours=1),
-                3,
-                0,
+                [ColdKey("c-r", 2, 3, 0)],
                 monthly=True,
             )
     finally:
@@ -247,17 +244,12 @@ async def test_a_read_that_races_a_roll_up_is_made_again(
                 await flusher.flush_all(lease_wait=1.0)
                 assert await rollup(pool, older_than=0, statement_timeout=TIMEOUT) >= 1
 
-        async def delayed(*args: Any, **kwargs: Any) -> ColdRead:
-            await meanwhile(args[6])
-            return await read_cold(*args, **kwargs)
-
-        async def delayed_months(*args: Any, **kwargs: Any) -> list[ColdRead]:
+        async def delayed(*args: Any, **kwargs: Any) -> list[ColdRead]:
             (key,) = args[4]
             await meanwhile(key.seq)
-            return await read_cold_months(*args, **kwargs)
+            return await read_cold(*args, **kwargs)
 
         monkeypatch.setattr(usage_reads, "read_cold", delayed)
-        monkeypatch.setattr(usage_reads, "read_cold_months", delayed_months)
         period = Period.containing(datetime.now(UTC))
         first, end = (period.first_hour, period.end_hour) if monthly else (0, period.end_hour)
         usage = await read_customer_usage(
@@ -295,14 +287,14 @@ async def test_a_shared_read_reads_again_only_the_customers_that_raced(
         flusher = Flusher(settings, redis, pool)
         rounds: list[list[str]] = []
 
-        async def delayed_months(*args: Any, **kwargs: Any) -> list[ColdRead]:
+        async def delayed(*args: Any, **kwargs: Any) -> list[ColdRead]:
             rounds.append([key.customer_id for key in args[4]])
             if len(rounds) == 1:  # meanwhile: the racer's shard flushed and rolled up
                 await flusher.flush_shard("acme", shard_of(racer), lease_wait=1.0)
                 assert await rollup(pool, older_than=0, statement_timeout=TIMEOUT) >= 1
-            return await read_cold_months(*args, **kwargs)
+            return await read_cold(*args, **kwargs)
 
-        monkeypatch.setattr(usage_reads, "read_cold_months", delayed_months)
+        monkeypatch.setattr(usage_reads, "read_cold", delayed)
         period = Period.containing(datetime.now(UTC))
         usages = await read_usages(
             Scripts.register(redis),
