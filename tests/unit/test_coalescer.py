@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
@@ -34,6 +35,30 @@ class Calls:
             raise ConnectionError("down")
         return [ValueError(f"odd {v}") if v % 2 else v * 10 for v in values]
 
+    async def hold(self, coalescer: Coalescer[str, int, int]) -> asyncio.Task[int]:
+        """A first call (of value 0) held open, so that what is submitted next queues."""
+        self.gate.clear()
+        first = asyncio.create_task(coalescer.submit("a", 0))
+        await asyncio.sleep(0.01)
+        return first
+
+    async def release(self, first: asyncio.Task[int]) -> None:
+        """Let calls finish, once what was submitted meanwhile has queued."""
+        await asyncio.sleep(0.01)
+        self.gate.set()
+        assert await first == 0
+
+
+@contextlib.asynccontextmanager
+async def pumping(coalescer: Coalescer[str, int, int]) -> AsyncIterator[None]:
+    pump = asyncio.create_task(coalescer.run())
+    try:
+        yield
+    finally:
+        pump.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pump
+
 
 @pytest.fixture
 async def calls() -> Calls:
@@ -43,13 +68,8 @@ async def calls() -> Calls:
 @pytest.fixture
 async def running(calls: Calls) -> AsyncIterator[Coalescer[str, int, int]]:
     coalescer: Coalescer[str, int, int] = Coalescer(calls.apply, max_batch=3, max_in_flight=1)
-    pump = asyncio.create_task(coalescer.run())
-    try:
+    async with pumping(coalescer):
         yield coalescer
-    finally:
-        pump.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await pump
 
 
 async def test_a_lone_request_is_sent_at_once(
@@ -62,9 +82,7 @@ async def test_a_lone_request_is_sent_at_once(
 async def test_requests_queued_during_a_call_share_the_next_by_key(
     calls: Calls, running: Coalescer[str, int, int]
 ) -> None:
-    calls.gate.clear()
-    first = asyncio.create_task(running.submit("a", 0))
-    await asyncio.sleep(0.01)  # the first call is in flight, held open
+    first = await calls.hold(running)
     later = [asyncio.create_task(running.submit(k, v)) for k, v in [("a", 2), ("b", 4), ("a", 6)]]
     await asyncio.sleep(0.01)
     assert calls.calls == [("a", [0])]  # the rest wait: one call at a time here
@@ -79,13 +97,9 @@ async def test_requests_queued_during_a_call_share_the_next_by_key(
 async def test_a_batch_takes_at_most_max_batch(
     calls: Calls, running: Coalescer[str, int, int]
 ) -> None:
-    calls.gate.clear()
-    first = asyncio.create_task(running.submit("a", 0))
-    await asyncio.sleep(0.01)
+    first = await calls.hold(running)
     later = [asyncio.create_task(running.submit("a", 2 * v)) for v in range(1, 6)]
-    await asyncio.sleep(0.01)
-    calls.gate.set()
-    await first
+    await calls.release(first)
     assert [await t for t in later] == [20, 40, 60, 80, 100]
     assert [values for _, values in calls.calls] == [[0], [2, 4, 6], [8, 10]]
 
@@ -93,15 +107,11 @@ async def test_a_batch_takes_at_most_max_batch(
 async def test_each_caller_gets_its_own_error_and_a_raised_error_fails_its_call_only(
     calls: Calls, running: Coalescer[str, int, int]
 ) -> None:
-    calls.gate.clear()
-    first = asyncio.create_task(running.submit("a", 0))
-    await asyncio.sleep(0.01)
+    first = await calls.hold(running)
     odd = asyncio.create_task(running.submit("a", 3))
     even = asyncio.create_task(running.submit("a", 4))
     broken = [asyncio.create_task(running.submit("broken", v)) for v in (2, 8)]
-    await asyncio.sleep(0.01)
-    calls.gate.set()
-    await first
+    await calls.release(first)
     with pytest.raises(ValueError, match="odd 3"):
         await odd
     assert await even == 40
@@ -115,15 +125,12 @@ async def test_each_caller_gets_its_own_error_and_a_raised_error_fails_its_call_
 async def test_a_caller_that_gives_up_does_not_disturb_the_others(
     calls: Calls, running: Coalescer[str, int, int]
 ) -> None:
-    calls.gate.clear()
-    first = asyncio.create_task(running.submit("a", 0))
-    await asyncio.sleep(0.01)
+    first = await calls.hold(running)
     leaving = asyncio.create_task(running.submit("a", 2))
     staying = asyncio.create_task(running.submit("a", 4))
     await asyncio.sleep(0.01)
     leaving.cancel()
-    calls.gate.set()
-    await first
+    await calls.release(first)
     assert await staying == 40
     assert leaving.cancelled()
     assert calls.calls[1] == ("a", [4])  # gone before its call started: not sent
@@ -152,8 +159,7 @@ async def test_the_keys_of_a_batch_are_sent_concurrently(calls: Calls) -> None:
         return await calls.apply(key, values)
 
     coalescer: Coalescer[str, int, int] = Coalescer(apply, max_in_flight=1)
-    pump = asyncio.create_task(coalescer.run())
-    try:
+    async with pumping(coalescer):
         held = asyncio.create_task(coalescer.submit("slow", 2))
         fast = asyncio.create_task(coalescer.submit("fast", 4))
         # One batch: the fast key is answered while the slow one is still in its call.
@@ -161,10 +167,6 @@ async def test_the_keys_of_a_batch_are_sent_concurrently(calls: Calls) -> None:
         assert not held.done()
         slow.set()
         assert await held == 20
-    finally:
-        pump.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await pump
 
 
 async def test_when_the_pump_stops_every_waiting_caller_gets_an_error(calls: Calls) -> None:
@@ -185,8 +187,7 @@ async def test_when_the_pump_stops_every_waiting_caller_gets_an_error(calls: Cal
 
 async def test_calls_in_flight_are_bounded(calls: Calls) -> None:
     coalescer: Coalescer[str, int, int] = Coalescer(calls.apply, max_batch=1, max_in_flight=2)
-    pump = asyncio.create_task(coalescer.run())
-    try:
+    async with pumping(coalescer):
         calls.gate.clear()
         tasks = [asyncio.create_task(coalescer.submit("a", 2 * v)) for v in range(5)]
         await asyncio.sleep(0.02)
@@ -195,7 +196,3 @@ async def test_calls_in_flight_are_bounded(calls: Calls) -> None:
         assert [await t for t in tasks] == [0, 20, 40, 60, 80]
         assert calls.most_in_flight == 2
         assert len(calls.calls) == 5
-    finally:
-        pump.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await pump
