@@ -49,7 +49,9 @@ def minor_units(code: str) -> int:
         raise UnknownCurrencyError(f"unknown currency: {code!r}") from None
 
 
+@functools.cache
 def _quantum(code: str) -> Decimal:
+    # Built once per currency (an unknown code raises, and is not cached).
     # Decimal((sign, digits, exponent)) builds 10**-n without touching any context.
     return Decimal((0, (1,), -minor_units(code)))
 

@@ -47,3 +47,23 @@ def test_decimal_written_as_exact_number() -> None:
         {"estimated_bill": Decimal("177.50"), "list": [Decimal("1E+3")], "text": "@dec-forged:1"}
     )
     assert out == b'{"estimated_bill":177.50,"list":[1000],"text":"@dec-forged:1"}'
+
+
+def test_decimals_anywhere_in_the_document_are_written_exactly() -> None:
+    out = jsonio.dumps(
+        {"a": ({"b": [Decimal("-0.10"), (Decimal("2"),)]},), "c": None, "d": 3, "e": True}
+    )
+    assert out == b'{"a":[{"b":[-0.10,[2]]}],"c":null,"d":3,"e":true}'
+
+
+@pytest.mark.parametrize("value", [Decimal("NaN"), Decimal("Infinity"), Decimal("-Infinity")])
+def test_a_non_finite_decimal_is_refused(value: Decimal) -> None:
+    with pytest.raises(ValueError, match="non-finite"):
+        jsonio.dumps({"nested": [value]})
+
+
+def test_what_json_has_no_type_for_is_refused() -> None:
+    with pytest.raises(TypeError, match="set is not JSON serializable"):
+        jsonio.dumps({"a": {1, 2}})
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        jsonio.dumps({"a": float("nan")})
