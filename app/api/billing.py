@@ -23,7 +23,8 @@ from app.metrics import metrics
 from app.plans import Plan, parse_plan
 from app.pricing import bill_to_json, price_bill
 from app.quantities import format_quantity
-from app.repo.errors import translated
+from app.repo.deadline import remaining
+from app.repo.errors import DatabaseUnavailableError
 from app.responses import JSONResponse
 from app.timestamps import HOUR_NS, NS, Period, TimestampError, format_utc, parse_rfc3339
 from app.usage_reads import CustomerUsage, read_customer_usage
@@ -72,8 +73,10 @@ async def get_bill(request: Request) -> Response:
         month = (principal.tenant, period.first_hour, period.end_hour)
         # The shared read has a budget of its own; the wait for it, queue included, is
         # bounded by this request's (503 once it is spent, as for a read of its own).
-        async with translated():
-            usage = await svc.bill_reads.submit(month, customer_id)
+        try:
+            usage = await svc.bill_reads.submit(month, customer_id, give_up_after=remaining())
+        except TimeoutError:
+            raise DatabaseUnavailableError("database unavailable (time budget spent)") from None
     else:
         usage = await read_customer_usage(
             svc.scripts,
@@ -97,7 +100,7 @@ async def get_bill(request: Request) -> Response:
         "as_of": format_utc(datetime.now(UTC)),
     }
     body.update(bill)
-    metrics().bill_duration.labels("bill").observe(time.perf_counter() - started)
+    metrics().bill_read_duration.observe(time.perf_counter() - started)
     return JSONResponse(body)
 
 

@@ -150,6 +150,30 @@ async def test_a_caller_that_gives_up_mid_call_leaves_the_call_alone(
     assert calls.calls == [("a", [2]), ("a", [4])]
 
 
+async def test_a_caller_past_its_timeout_gets_timeout_error_and_is_not_sent(
+    calls: Calls, running: Coalescer[str, int, int]
+) -> None:
+    first = await calls.hold(running)
+    late = asyncio.create_task(running.submit("a", 2, give_up_after=0.02))
+    patient = asyncio.create_task(running.submit("a", 4, give_up_after=5))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(late, 1)
+    await calls.release(first)
+    assert await patient == 40
+    assert calls.calls[1] == ("a", [4])  # timed out before its call started: not sent
+
+
+async def test_a_timeout_that_is_not_reached_changes_nothing(
+    calls: Calls, running: Coalescer[str, int, int]
+) -> None:
+    assert await running.submit("a", 2, give_up_after=5) == 20
+    with pytest.raises(ValueError, match="odd 3"):
+        await running.submit("a", 3, give_up_after=5)
+    # A timer that already fired on a spent budget: the caller gets TimeoutError at once.
+    with pytest.raises(TimeoutError):
+        await running.submit("a", 6, give_up_after=0)
+
+
 async def test_the_keys_of_a_batch_are_sent_concurrently(calls: Calls) -> None:
     slow = asyncio.Event()
 
