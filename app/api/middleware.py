@@ -66,9 +66,9 @@ class ObservabilityMiddleware:
             elapsed = time.perf_counter() - started
             route = self.templates.get(scope.get("endpoint"), "unmatched")
             method = scope["method"]
-            m = metrics()
-            m.http_requests.labels(route, method, str(status)).inc()
-            m.http_duration.labels(route, method).observe(elapsed)
+            requests, duration = metrics().request_series(route, method, status)
+            requests.inc()
+            duration.observe(elapsed)
             if self.access_log == "all" or (self.access_log == "errors" and status >= 400):
                 log.info(
                     "http.request",
