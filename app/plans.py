@@ -7,6 +7,7 @@ with ``parse_float=Decimal``, so a number is an ``int`` or a ``Decimal``; decima
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -132,8 +133,13 @@ class PlanValidationError(ValueError):
         self.details = details
 
 
+@functools.lru_cache(maxsize=4096)
 def format_decimal(value: Decimal) -> str:
-    """Render ``value`` exactly and positionally, trailing zeros trimmed ("6.5", "35", "0.1")."""
+    """Render ``value`` exactly and positionally, trailing zeros trimmed ("6.5", "35", "0.1").
+
+    The text depends on the value alone (1.50, 1.5 and 15E-1 all give "1.5"), so it is
+    cached by value: a bill writes some twenty of them, most of them its plan's prices.
+    """
     text = format(value, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")

@@ -44,6 +44,12 @@ def _plan(plan_id: str, body: str) -> Plan:
     return parse_plan(plan_id, jsonio.loads(body))
 
 
+@functools.lru_cache(maxsize=64)
+def _bounds(period: Period) -> tuple[str, str]:
+    # The same two texts for every bill of a month.
+    return format_utc(period.start), format_utc(period.end)
+
+
 def _customer(request: Request, principal: Principal) -> str:
     customer_id = path_id(request, "customer_id")
     # A key bound to one customer sees no other: the others answer 404, like the missing.
@@ -91,12 +97,13 @@ async def get_bill(request: Request) -> Response:
         raise not_found("customer")
     plan = _plan(usage.plan_id, usage.plan_body) if usage.plan_id and usage.plan_body else None
     bill = bill_to_json(price_bill(plan, usage.per_resource()))
+    start, end = _bounds(period)
     body: dict[str, Any] = {
         "customer_id": customer_id,
         "currency": bill.pop("currency"),
         "estimated_bill": bill.pop("estimated_bill"),
         "plan_id": usage.plan_id if plan is not None else None,
-        "period": {"start": format_utc(period.start), "end": format_utc(period.end)},
+        "period": {"start": start, "end": end},
         "as_of": format_utc(datetime.now(UTC)),
     }
     body.update(bill)

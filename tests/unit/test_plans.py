@@ -14,6 +14,7 @@ from app.plans import (
     PlanValidationError,
     Price,
     Tier,
+    format_decimal,
     parse_plan,
     plan_to_json,
 )
@@ -601,3 +602,21 @@ def test_validation_error_is_a_value_error_with_details() -> None:
         parse_plan("p", {"currency": "USD"})
     assert isinstance(caught.value, PlanValidationError)
     assert caught.value.details == [{"field": "prices", "message": "is required"}]
+
+
+@pytest.mark.parametrize(
+    ("values", "text"),
+    [
+        (["1E+2", "100", "100.000", "1.00E+2"], "100"),
+        (["15E-1", "1.50", "1.5"], "1.5"),
+        (["-0.0", "0E-7", "0", "-0"], "0"),
+        (["-0.10", "-0.1"], "-0.1"),
+        (["123456789012345678901234567890.000000001"], "123456789012345678901234567890.000000001"),
+    ],
+)
+def test_format_decimal_writes_a_value_one_way_whichever_spelling_came_first(
+    values: list[str], text: str
+) -> None:
+    # format_decimal is cached by value: equal values spelled differently share an entry.
+    for spelling in values + values[::-1]:
+        assert format_decimal(Decimal(spelling)) == text
