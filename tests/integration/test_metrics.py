@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 import time
@@ -136,6 +137,17 @@ async def test_ingest_outcomes_and_request_histogram(
     assert scrape.status_code == 200
     assert scrape.headers["content-type"].startswith("text/plain")
     assert "x-request-id" in batch.headers
+
+
+async def test_request_ids_are_echoed_when_well_formed_and_made_otherwise(app: Starlette) -> None:
+    async with client_for(app) as client:
+        echoed = await client.get("/health", headers={"X-Request-ID": "trace-42:a.b_c"})
+        refused = await client.get("/health", headers={"X-Request-ID": "has spaces"})
+        made = [await client.get("/health") for _ in range(2)]
+    assert echoed.headers["x-request-id"] == "trace-42:a.b_c"
+    ids = [r.headers["x-request-id"] for r in (refused, *made)]
+    assert all(re.fullmatch("[0-9a-f]{32}", i) for i in ids), ids  # 128 random bits
+    assert len(set(ids)) == 3
 
 
 async def test_lag_keeps_rising_while_postgresql_is_down(
