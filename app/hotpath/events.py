@@ -147,6 +147,8 @@ def _parse(body: dict[str, Any], header_key: str | None, now_ns: int) -> Event:
             raise EventError(
                 "invalid_metadata", "metadata", "must contain only finite numbers"
             ) from None
+        except RecursionError:  # parsed, but too deep to write again from this stack
+            raise EventError("invalid_metadata", "metadata", "is nested too deeply") from None
         if size > MAX_METADATA_BYTES:
             raise EventError(
                 "invalid_metadata",

@@ -21,7 +21,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from app import jsonio
-from app.hotpath.events import parse_event
+from app.hotpath.events import EventError, parse_event
 from app.hotpath.ingest import IdempotencyConfig, Outcome, apply_events
 from app.hotpath.keys import SHARDS, TenantKeys, as_text, meter_field, split_field
 from app.ids import is_valid_id
@@ -334,3 +334,30 @@ def test_no_two_kinds_of_key_collide_and_all_of_a_tenant_share_its_tag(
         for what, name in built.items():
             assert hash_tag(name) == tenant
             assert names.setdefault(name, what) == what, (name, names[name], what)
+
+
+def test_metadata_too_deep_to_write_again_is_refused_not_a_crash() -> None:
+    # json.loads takes metadata as deep as the stack allows; writing it again from a
+    # deeper stack (a request's) runs out of recursion: that must be the client's 422,
+    # never a 500.
+    def event(depth: int) -> str:
+        nested = '{"a":' * depth + "{}" + "}" * depth
+        return f'{{"customer_id":"c","resource_type":"r","quantity":1,"metadata":{nested}}}'
+
+    def deepest_parsed() -> object:
+        for depth in range(1000, 0, -5):
+            try:
+                return jsonio.loads(event(depth))
+            except jsonio.JSONDecodeError:
+                continue
+        raise AssertionError("not even shallow metadata parsed")
+
+    body = deepest_parsed()
+
+    def from_a_deeper_stack(frames: int) -> object:
+        return from_a_deeper_stack(frames - 1) if frames else parse_event(body)
+
+    with pytest.raises(EventError) as refused:
+        from_a_deeper_stack(60)
+    assert refused.value.field == "metadata"
+    assert refused.value.message.endswith("is nested too deeply")
