@@ -133,12 +133,13 @@ class PlanValidationError(ValueError):
         self.details = details
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096, typed=True)
 def format_decimal(value: Decimal) -> str:
     """Render ``value`` exactly and positionally, trailing zeros trimmed ("6.5", "35", "0.1").
 
     The text depends on the value alone (1.50, 1.5 and 15E-1 all give "1.5"), so it is
     cached by value: a bill writes some twenty of them, most of them its plan's prices.
+    (``typed``: an int or float equal to a Decimal would write another text.)
     """
     text = format(value, "f")
     if "." in text:

@@ -478,6 +478,7 @@ def main() -> dict[str, Any]:
                 if flushed.returncode == 0:
                     break
                 c.log(f"tally flush --once failed (attempt {attempt}): {flushed.stderr[-300:]!r}")
+                time.sleep(2)
             assert flushed.returncode == 0, flushed.stderr
             second = asyncio.run(_hot(settings, 2))
             del first
