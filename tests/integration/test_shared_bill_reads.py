@@ -15,12 +15,12 @@ import pytest
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
 
-from app import application
+from app import application, usage_reads
 from app.apikeys import Scope
 from app.application import BILL_READS_IN_FLIGHT, create_app
 from app.hotpath.keys import TenantKeys, shard_of
 from app.repo.pool import create_pool
-from app.repo.usage import rollup
+from app.repo.usage import ColdRead, read_cold, rollup
 from app.settings import Settings
 from app.worker.flusher import Flusher
 from tests.conftest import running
@@ -149,10 +149,15 @@ def stop_at(step: str) -> Callable[[str], Awaitable[None]]:
 
 
 async def test_bills_sharing_a_read_mid_flush_are_each_exact(
-    app: Starlette, settings: Settings, redis: aioredis.Redis, database_url: str
+    app: Starlette,
+    settings: Settings,
+    redis: aioredis.Redis,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """One shared read over three shards in three states: a flush drained and not
-    committed, one committed and not acked, and a shard at rest (its own seq)."""
+    committed, one committed and not acked, and a shard at rest (its own seq). Each
+    customer is read once per shared read, however many of its bills share it."""
     tenant = "shared-mid"
     admin = await make_key(database_url, tenant, Scope.ADMIN)
     by_shard = {shard_of(f"mid-{n}"): f"mid-{n}" for n in range(40)}
@@ -191,8 +196,16 @@ async def test_bills_sharing_a_read_mid_flush_are_each_exact(
     unshared = create_app(dataclasses.replace(settings, bill_coalesce=False))
     async with running(unshared), client_for(unshared, admin) as client:
         alone = [without_clock((await client.get(path)).json()) for path in paths]
+    statements: list[list[str]] = []
+
+    async def recorded(*args: Any, **kwargs: Any) -> list[ColdRead]:
+        statements.append([key.customer_id for key in args[4]])
+        return await read_cold(*args, **kwargs)
+
+    monkeypatch.setattr(usage_reads, "read_cold", recorded)
     async with client_for(app, admin) as client:
         assert (await client.get(paths[0])).status_code == 200  # the key cache warm
+        statements.clear()
         before = await evalsha_calls(redis)
         responses = await asyncio.gather(*(client.get(path) for path in paths))
         calls = await evalsha_calls(redis) - before
@@ -202,6 +215,8 @@ async def test_bills_sharing_a_read_mid_flush_are_each_exact(
         (line,) = [line for line in body["lines"] if line["type"] == "usage"]
         assert Decimal(line["quantity"]) == sent[customer.rsplit("/", 1)[1]]
     assert calls < len(paths), calls
+    assert all(len(set(read)) == len(read) for read in statements), statements
+    assert sum(len(read) for read in statements) < len(paths), statements
 
 
 async def test_a_bill_waits_for_a_shared_read_no_longer_than_its_budget(
