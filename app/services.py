@@ -15,6 +15,7 @@ from app.hotpath.bound import HourSeeder
 from app.hotpath.events import Event
 from app.hotpath.ingest import IdempotencyConfig, Outcome
 from app.ratelimit import RateLimiter
+from app.rendered_bills import RenderedBills
 from app.scripts import Scripts
 from app.settings import Settings
 from app.usage_reads import CustomerUsage
@@ -38,6 +39,8 @@ class Services:
     bill_reads: Coalescer[tuple[str, int, int], str, CustomerUsage]
     idempotency: IdempotencyConfig
     seeder: HourSeeder
+    # Bills priced and rendered, kept per (stored plan, quantities).
+    rendered_bills: RenderedBills = field(default_factory=RenderedBills)
     flusher: FlusherStatus | None = None
     rate_limiter: RateLimiter | None = None
     migrations_current: bool = field(default=False)

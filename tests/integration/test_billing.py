@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
 
+from app import jsonio
 from app.apikeys import Scope
+from app.plans import parse_plan
+from app.pricing import bill_to_json, price_bill
 from app.repo.pool import create_pool
 from app.settings import Settings
 from app.worker.flusher import Flusher
@@ -126,6 +130,60 @@ async def test_contract_example_bill(
     assert {"type": "fixed_fee", "description": "Platform fee", "amount": "20.00"} in bill["lines"]
     period = bill["period"]
     assert period["start"] == NOW.strftime("%Y-%m-01T00:00:00Z")
+
+
+async def test_a_bill_is_priced_again_when_its_plan_or_usage_changes(
+    app: Starlette, keys: Keys
+) -> None:
+    # Bills are rendered once per (stored plan, quantities) and kept: the same read again
+    # is the same bytes, a changed plan or more usage is a new bill, and the kept rendering
+    # is what one JSON document of the whole bill would be, key order included.
+    cheap = {**PRO, "fixed_fees": [], "prices": [PRO["prices"][1]]}
+    async with client_for(app, keys.admin) as admin:
+        assert (await admin.put("/api/v1/plans/p-memo", json=PRO)).status_code == 201
+        assert (
+            await admin.put("/api/v1/customers/c-memo", json={"plan_id": "p-memo"})
+        ).status_code == 201
+    await post(app, keys.ingest, "c-memo", "api_call", "12.5")
+    await post(app, keys.ingest, "c-memo", "seats", 4)
+
+    async def bill() -> tuple[str, dict[str, object]]:
+        async with client_for(app, keys.read) as reader:
+            response = await reader.get("/api/v1/billing/c-memo")
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/json"
+        return response.text, response.json()
+
+    first_text, first = await bill()
+    again_text, again = await bill()
+    assert again_text.replace(str(again["as_of"]), "") == first_text.replace(
+        str(first["as_of"]), ""
+    )
+    quantities = {"api_call": Decimal("12.5"), "seats": Decimal(4)}
+    priced = bill_to_json(price_bill(parse_plan("p-memo", PRO), quantities))
+    whole = {
+        "customer_id": "c-memo",
+        "currency": priced.pop("currency"),
+        "estimated_bill": priced.pop("estimated_bill"),
+        "plan_id": "p-memo",
+        "period": first["period"],
+        "as_of": first["as_of"],
+        **priced,
+    }
+    assert first_text.encode() == jsonio.dumps(whole)
+    assert first["total"] == "112.50"  # 35 + 32.5 + 15, one seat past 3 free, 20 fee
+
+    async with client_for(app, keys.admin) as admin:
+        assert (await admin.put("/api/v1/plans/p-memo", json=cheap)).status_code == 200
+    _, repriced = await bill()
+    assert repriced["total"] == "10.00"  # one seat past the 3 free, no fee
+    await post(app, keys.ingest, "c-memo", "seats", 1)
+    _, more = await bill()
+    assert more["total"] == "20.00"
+    async with client_for(app, keys.admin) as admin:
+        assert (await admin.put("/api/v1/plans/p-memo", json=PRO)).status_code == 200
+    _, back = await bill()
+    assert back["total"] == "122.50"
 
 
 async def test_customer_without_plan_and_created_after_usage(

@@ -29,6 +29,7 @@ from app.errors import ApiError
 from app.hotpath.ingest import Outcome
 from app.openapi import COMPONENTS, openapi_document
 from app.plans import parse_plan, plan_to_json
+from app.rendered_bills import RenderedBills
 from app.repo import customers as customers_repo
 from app.repo.customers import CustomerRecord
 from app.timestamps import hour_of, parse_rfc3339
@@ -572,7 +573,10 @@ async def test_bill_answers_are_documented(
         query=query,
         # The read is replaced above: bills read one at a time (not shared) go through it.
         services=SimpleNamespace(
-            scripts=None, pool=None, settings=SimpleNamespace(bill_coalesce=False)
+            scripts=None,
+            pool=None,
+            settings=SimpleNamespace(bill_coalesce=False),
+            rendered_bills=RenderedBills(),
         ),
     )
     path = "/api/v1/billing/{customer_id}"
