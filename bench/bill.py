@@ -24,7 +24,10 @@ Measured with wrk against ``tally serve --workers 2 --no-flusher``: latency (p50
 at 16 connections that each pause ``BENCH_BILL_PAUSE_MS`` (16) before every request (a
 bounded offered load, ≤ 1,000 bills/s: latency without saturation) and reads/s at 64,
 and at 16 connections again over the bills of 1,000 other customers (a random one per
-request: shared reads then read different customers' rows), with the CPU each process
+request: shared reads then read different customers' rows), at 16 connections while the
+target's usage changes ``BENCH_BILL_WRITES_PER_S`` (200) times a second (events straight
+into Redis: most shared reads then see new quantities, so kept renderings of its bill
+rarely serve the next read), with the CPU each process
 spent per bill, each ``BENCH_REPEAT`` times (default 2; the run
 the rest of the shared machine disturbed least is reported). The
 bill's quantities are checked against PostgreSQL + Redis first. A breakdown times, in
@@ -40,11 +43,13 @@ Run: ``python -m bench.bill``; writes ``bench/results/bill.json``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import subprocess
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -247,6 +252,47 @@ async def _hot(settings: Settings, rounds: int) -> dict[str, int]:
     return target
 
 
+async def _write_target(settings: Settings, per_s: int, stop: threading.Event) -> int:
+    """One event for the target every 1/``per_s`` s until ``stop``; returns how many."""
+    redis = create_redis(settings)
+    scripts = Scripts.register(redis)
+    config = IdempotencyConfig(settings.idempotency_ttl, settings.idempotency_fanout)
+    sent = 0
+    started = time.monotonic()
+    try:
+        while not stop.is_set():
+            event = Event(TARGET, TARGET_RESOURCES[sent % 3], 1, time.time_ns(), False, None)
+            (outcome,) = await apply_events(scripts, TENANT, [event], config)
+            assert outcome is Outcome.ACCEPTED, outcome
+            sent += 1
+            await asyncio.sleep(max(0.0, started + sent / per_s - time.monotonic()))
+    finally:
+        await redis.aclose()
+    return sent
+
+
+@contextlib.contextmanager
+def _target_written(settings: Settings | None, per_s: int) -> Iterator[None]:
+    """With ``per_s``, the target's usage changes that often while the block runs (events
+    straight into Redis, as ingest leaves them): its bills then see new quantities."""
+    if settings is None or not per_s:
+        yield
+        return
+    stop = threading.Event()
+    sent: list[int] = []
+    thread = threading.Thread(
+        target=lambda: sent.append(asyncio.run(_write_target(settings, per_s, stop))),
+        daemon=True,
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    c.log(f"  the target got {sent[0] if sent else '?'} events while read")
+
+
 async def _expected(url: str, period: Period, hot: dict[str, int]) -> dict[str, Decimal]:
     conn = await asyncpg.connect(url)
     try:
@@ -336,6 +382,12 @@ def _pause_ms() -> int:
     return int(os.environ.get("BENCH_BILL_PAUSE_MS", "16"))
 
 
+def _writes_per_s() -> int:
+    """Events per second into the target's usage in the written point (200: a customer
+    busy enough that most shared reads see new quantities)."""
+    return int(os.environ.get("BENCH_BILL_WRITES_PER_S", "200"))
+
+
 def _point(
     url: str,
     token: str,
@@ -345,16 +397,21 @@ def _point(
     pause_ms: int = 0,
     *,
     many: int = 0,
+    written: Settings | None = None,
 ) -> dict[str, Any]:
     """``BENCH_REPEAT`` runs (default 2); the one the rest of the shared machine disturbed
     least (lowest ``other`` CPU), with every run listed. With ``pause_ms`` each connection
     waits that long before each request (the paced point); with ``many`` each request is
-    the bill of a random one of the first ``many`` other customers, not the target's."""
-    runs = [
-        _once(url, token, path, conns, groups, attempt, pause_ms, many)
-        for attempt in range(c.repeat())
-    ]
+    the bill of a random one of the first ``many`` other customers, not the target's; with
+    ``written`` the target's usage changes ``_writes_per_s()`` times a second meanwhile."""
+    runs = []
+    for attempt in range(c.repeat()):
+        with _target_written(written, _writes_per_s()):
+            runs.append(
+                _once(url, token, path, conns, groups, attempt, pause_ms, many, written is not None)
+            )
     best = dict(min(runs, key=lambda r: r["cpu_percent"]["other"]))
+    best["writes_per_s"] = _writes_per_s() if written is not None else 0
     best["runs"] = [
         {
             "reads_per_s": round(r["reads_per_s"], 1),
@@ -382,10 +439,12 @@ def _once(
     attempt: int,
     pause_ms: int,
     many: int,
+    written: bool,
 ) -> dict[str, Any]:
     time.sleep(1.0)
     spies = []
-    if os.environ.get("BENCH_PROFILE") and conns == 16 and attempt == 0 and not (pause_ms or many):
+    plain = not (pause_ms or many or written)
+    if os.environ.get("BENCH_PROFILE") and conns == 16 and attempt == 0 and plain:
         workers = [int(k.split()[1]) for k in groups if k.startswith("worker ")]
         spies = c.pyspy_start(workers, max(1.0, _duration() - 2), c.RESULTS / "profiles", "bill")
     meter = c.CpuMeter(groups)
@@ -423,7 +482,8 @@ def _once(
         print(summary, flush=True)
     c.log(
         f"bill c={conns:<3}{f' paced {pause_ms} ms' if pause_ms else ''}"
-        f"{f' {many} customers' if many else ''} "
+        f"{f' {many} customers' if many else ''}"
+        f"{' usage written' if written else ''} "
         f"{point['reads_per_s']:>7.0f} reads/s  p50 {point['p50_ms']:.2f} ms  "
         f"p99 {point['p99_ms']:.2f} ms  non-2xx {point['non_2xx_3xx']}  cpu% "
         + " ".join(f"{k}={v:.0f}" for k, v in cpu.items() if not k.startswith("worker "))
@@ -511,6 +571,7 @@ def main() -> dict[str, Any]:
             paced = _point(url, token, path, 16, groups, _pause_ms())
             throughput = _point(url, token, path, 64, groups)
             spread = _point(url, token, path, 16, groups, many=MANY)
+            moving = _point(url, token, path, 16, groups, written=settings)
         breakdown = asyncio.run(_breakdown(settings, period))
         c.log(f"breakdown (one at a time, in-process): {breakdown}")
     results = {
@@ -526,6 +587,7 @@ def main() -> dict[str, Any]:
         "paced_16": paced,
         "throughput_64": throughput,
         "many_customers_16": spread,
+        "written_16": moving,
         "target_p99_ms": 10,
         "met": latency["p99_ms"] <= 10,
         "breakdown": breakdown,
@@ -550,6 +612,8 @@ def main() -> dict[str, Any]:
                     if p["pause_ms"]
                     else f"{p['connections']}, {p['customers']:,} customers"
                     if p["customers"] > 1
+                    else f"{p['connections']}, usage written {p['writes_per_s']}/s"
+                    if p["writes_per_s"]
                     else p["connections"],
                     f"{p['reads_per_s']:,.0f}",
                     f"{p['p50_ms']:.2f}",
@@ -565,7 +629,7 @@ def main() -> dict[str, Any]:
                     ),
                     "/".join(f"{_cpu_ms_per_bill(p, k):.2f}" for k in ("api", "postgres")),
                 ]
-                for p in (alone, latency, paced, throughput, spread)
+                for p in (alone, latency, paced, throughput, spread, moving)
             ],
         )
     )
