@@ -34,15 +34,17 @@ _PER_QUANTITY = 200
 
 @dataclass(frozen=True, slots=True)
 class RenderedBill:
-    """The parts of a bill's JSON the contract puts first, then the rest, rendered.
+    """A priced bill: the members the contract puts first, then the rest, rendered.
 
-    ``rest`` is the rendered object of the remaining keys without its opening brace, so a
-    caller writes its own head's keys and then ``rest`` as one JSON object.
+    ``head`` is the ``currency``, ``estimated_bill`` and ``plan_id`` members and ``rest``
+    the remaining ones with the object's closing brace: a caller writes ``{``, its own
+    members, ``head``, more of its own, then ``rest``, commas between, as one object.
     """
 
     currency: str | None
     estimated_bill: Decimal
     plan_id: str | None
+    head: bytes
     rest: bytes
 
 
@@ -65,9 +67,14 @@ def render(plan_id: str | None, plan_body: str | None, quantities: Quantities) -
     """Price ``quantities`` against the stored plan (none without an id and a body)."""
     plan = _plan(plan_id, plan_body) if plan_id and plan_body else None
     bill = bill_to_json(price_bill(plan, dict(quantities)))
-    currency, estimated = bill.pop("currency"), bill.pop("estimated_bill")
+    currency: str | None = bill.pop("currency")
+    estimated: Decimal = bill.pop("estimated_bill")
+    priced_plan = plan_id if plan is not None else None
+    head = {"currency": currency, "estimated_bill": estimated, "plan_id": priced_plan}
+    # Rendered objects less their braces (the rest keeps its closing one): members to write
+    # inside another object.
     return RenderedBill(
-        currency, estimated, plan_id if plan is not None else None, jsonio.dumps(bill)[1:]
+        currency, estimated, priced_plan, jsonio.dumps(head)[1:-1], jsonio.dumps(bill)[1:]
     )
 
 
@@ -96,6 +103,7 @@ class RenderedBills:
         size = (
             len(plan_id or "")
             + len(plan_body or "")
+            + len(rendered.head)
             + len(rendered.rest)
             + sum(len(name) + _PER_QUANTITY for name, _ in quantities)
         )

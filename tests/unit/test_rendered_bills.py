@@ -42,10 +42,11 @@ def whole(plan_id: str | None, body: str | None, quantities: dict[str, Decimal])
 
 def spliced(plan_id: str | None, body: str | None, quantities: dict[str, Decimal]) -> bytes:
     bill = RenderedBills().get(plan_id, body, tuple(sorted(quantities.items())))
-    head = jsonio.dumps(
+    fields = jsonio.dumps(
         {"currency": bill.currency, "estimated_bill": bill.estimated_bill, "plan_id": bill.plan_id}
     )
-    return head[:-1] + b"," + bill.rest
+    assert b"{" + bill.head + b"}" == fields
+    return b"{" + bill.head + b"," + bill.rest
 
 
 @pytest.mark.parametrize(
@@ -81,7 +82,8 @@ def test_a_bill_is_rendered_once_and_again_when_plan_or_quantities_change() -> N
 
 def test_kept_bills_stay_within_the_byte_budget_least_recently_used_first() -> None:
     body = plan_text("1")
-    one = len(render("p", body, (("sms", D(1)),)).rest) + len(body) + 1 + len("sms") + 200
+    bill = render("p", body, (("sms", D(1)),))
+    one = len(bill.head) + len(bill.rest) + len(body) + 1 + len("sms") + 200
     bills = RenderedBills(max_bytes=3 * one + one // 2, max_entry=one)
     kept = [bills.get("p", body, (("sms", D(n)),)) for n in (1, 2, 3)]
     assert len(bills) == 3
