@@ -8,28 +8,69 @@ and by the exact quantities, so new usage is too. Reads are never kept: only thi
 step's output.
 
 Memory is bounded in bytes, not entries: a plan may be up to 2 MB, so a count alone could
-hold gigabytes. An entry too big for a share of the budget is rendered and not kept.
+hold gigabytes. Kept bills and parsed plans have a budget each; an entry too big for its
+share of a budget is made and not kept.
 """
 
 from __future__ import annotations
 
-import functools
+import sys
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Generic, TypeVar
 
 from app import jsonio
 from app.plans import Plan, parse_plan
 from app.pricing import bill_to_json, price_bill
 
 Quantities = tuple[tuple[str, Decimal], ...]
-Key = tuple[str | None, str | None, Quantities]
+BillKey = tuple[str | None, str | None, Quantities]
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
-# Per process. A typical entry (a plan of a few prices, a bill of a few lines) is 2-5 kB,
-# so this keeps a few thousand bills; one entry may take at most a 64th of it.
+# Per process. A typical kept bill (a plan of a few prices, a bill of a few lines) is 3-6
+# kB, so this keeps a few thousand; one may take at most a 64th of it.
 MAX_BYTES = 16 * 1024 * 1024
-# What a kept quantity costs beyond its text, roughly (tuple, str and Decimal objects).
+# Parsed plans, per process: a few of the biggest (2 MB of document), thousands of the
+# usual ones; one may take at most a quarter of it.
+PLAN_BYTES = 64 * 1024 * 1024
+# A parsed plan's objects take about 6.3 times its document's size (measured on a 254 kB
+# plan): 8 is the estimate kept.
+_PLAN_PER_BYTE = 8
+# What a kept quantity costs besides its name, roughly (tuple and Decimal objects).
 _PER_QUANTITY = 200
+
+
+class ByteBoundedLRU(Generic[K, V]):
+    """Least recently used entries within ``max_bytes`` (sizes as the caller states them);
+    an entry bigger than ``max_entry`` is not kept. For one thread (an event loop)."""
+
+    def __init__(self, max_bytes: int, max_entry: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_entry = max_entry
+        self.bytes = 0
+        self._kept: OrderedDict[K, tuple[V, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def get(self, key: K) -> V | None:
+        found = self._kept.get(key)
+        if found is None:
+            return None
+        self._kept.move_to_end(key)
+        return found[0]
+
+    def put(self, key: K, value: V, size: int) -> None:
+        if size > self.max_entry or key in self._kept:
+            return
+        self._kept[key] = (value, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (_, dropped) = self._kept.popitem(last=False)
+            self.bytes -= dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,69 +89,61 @@ class RenderedBill:
     rest: bytes
 
 
-def _parse(plan_id: str, body: str) -> Plan:
-    return parse_plan(plan_id, jsonio.loads(body))
-
-
-# Keyed by the stored document itself, so an updated plan is parsed again; plans are frozen
-# dataclasses, safe to share between bills. Only plans up to _PLAN_KEPT_BYTES are kept
-# (256 of those is at most 64 MB of text); a bigger one is parsed for each bill priced.
-_parsed = functools.lru_cache(maxsize=256)(_parse)
-_PLAN_KEPT_BYTES = 256 * 1024
-
-
-def _plan(plan_id: str, body: str) -> Plan:
-    return (_parsed if len(body) <= _PLAN_KEPT_BYTES else _parse)(plan_id, body)
-
-
-def render(plan_id: str | None, plan_body: str | None, quantities: Quantities) -> RenderedBill:
-    """Price ``quantities`` against the stored plan (none without an id and a body)."""
-    plan = _plan(plan_id, plan_body) if plan_id and plan_body else None
+def render(plan: Plan | None, quantities: Quantities) -> RenderedBill:
+    """Price ``quantities`` against ``plan`` (None: no plan, every amount 0) and render."""
     bill = bill_to_json(price_bill(plan, dict(quantities)))
     currency: str | None = bill.pop("currency")
     estimated: Decimal = bill.pop("estimated_bill")
-    priced_plan = plan_id if plan is not None else None
-    head = {"currency": currency, "estimated_bill": estimated, "plan_id": priced_plan}
+    plan_id = None if plan is None else plan.plan_id
+    head = {"currency": currency, "estimated_bill": estimated, "plan_id": plan_id}
     # Rendered objects less their braces (the rest keeps its closing one): members to write
     # inside another object.
     return RenderedBill(
-        currency, estimated, priced_plan, jsonio.dumps(head)[1:-1], jsonio.dumps(bill)[1:]
+        currency, estimated, plan_id, jsonio.dumps(head)[1:-1], jsonio.dumps(bill)[1:]
     )
 
 
 class RenderedBills:
-    """:func:`render`, keeping the most recently used renderings within ``max_bytes``; one
-    bigger than ``max_entry`` (a 64th of the budget unless given) is not kept."""
+    """Bills rendered once per (plan id, stored plan document, quantities), and plans
+    parsed once per (plan id, document), each within its own byte budget."""
 
-    def __init__(self, max_bytes: int = MAX_BYTES, max_entry: int | None = None) -> None:
-        self.max_bytes = max_bytes
-        self.max_entry = max_bytes // 64 if max_entry is None else max_entry
-        self.bytes = 0
-        self._kept: OrderedDict[Key, tuple[RenderedBill, int]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._kept)
+    def __init__(
+        self,
+        max_bytes: int = MAX_BYTES,
+        max_entry: int | None = None,
+        plan_bytes: int = PLAN_BYTES,
+    ) -> None:
+        bill_entry = max_bytes // 64 if max_entry is None else max_entry
+        self.bills: ByteBoundedLRU[BillKey, RenderedBill] = ByteBoundedLRU(max_bytes, bill_entry)
+        self.plans: ByteBoundedLRU[tuple[str, str], Plan] = ByteBoundedLRU(
+            plan_bytes, plan_bytes // 4
+        )
 
     def get(
         self, plan_id: str | None, plan_body: str | None, quantities: Quantities
     ) -> RenderedBill:
+        """The bill of ``quantities`` under the stored plan (none without id and document)."""
         key = (plan_id, plan_body, quantities)
-        found = self._kept.get(key)
+        found = self.bills.get(key)
         if found is not None:
-            self._kept.move_to_end(key)
-            return found[0]
-        rendered = render(plan_id, plan_body, quantities)
+            return found
+        plan = self._plan(plan_id, plan_body) if plan_id and plan_body else None
+        rendered = render(plan, quantities)
         size = (
-            len(plan_id or "")
-            + len(plan_body or "")
+            sys.getsizeof(plan_id)
+            + sys.getsizeof(plan_body)
             + len(rendered.head)
             + len(rendered.rest)
-            + sum(len(name) + _PER_QUANTITY for name, _ in quantities)
+            + sum(sys.getsizeof(name) + _PER_QUANTITY for name, _ in quantities)
         )
-        if size <= self.max_entry:
-            self._kept[key] = (rendered, size)
-            self.bytes += size
-            while self.bytes > self.max_bytes:
-                _, (_, dropped) = self._kept.popitem(last=False)
-                self.bytes -= dropped
+        self.bills.put(key, rendered, size)
         return rendered
+
+    def _plan(self, plan_id: str, body: str) -> Plan:
+        # Keyed by the stored document itself, so an updated plan is parsed again; plans
+        # are frozen dataclasses, safe to share between bills.
+        found = self.plans.get((plan_id, body))
+        if found is None:
+            found = parse_plan(plan_id, jsonio.loads(body))
+            self.plans.put((plan_id, body), found, _PLAN_PER_BYTE * sys.getsizeof(body))
+        return found

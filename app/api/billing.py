@@ -60,9 +60,10 @@ def _customer(request: Request, principal: Principal) -> str:
     return customer_id
 
 
-def _period(request: Request, now: datetime) -> _Month:
+def _period(request: Request) -> _Month:
     raw = request.query_params.get("period")
     if raw is None:
+        now = datetime.now(UTC)
         return _month(now.year, now.month)
     match = _PERIOD.fullmatch(raw)
     if match is None or not 1 <= int(match[2]) <= 12 or not 1970 <= int(match[1]) <= 9998:
@@ -74,8 +75,7 @@ async def get_bill(request: Request) -> Response:
     """The customer's bill for a month: exact usage so far, priced against its plan."""
     principal = await caller(request, READ)
     customer_id = _customer(request, principal)
-    now = datetime.now(UTC)
-    month = _period(request, now)
+    month = _period(request)
     svc = services(request)
     started = time.perf_counter()
     if svc.settings.bill_coalesce:
@@ -105,7 +105,8 @@ async def get_bill(request: Request) -> Response:
     bill = svc.rendered_bills.get(usage.plan_id, usage.plan_body, quantities)
     metrics().bill_read_duration.observe(time.perf_counter() - started)
     # One JSON object in the contract's order, from parts written once (the priced bill per
-    # plan and usage, the period per month) and the two that are this request's own.
+    # plan and usage, the period per month) and the two that are this request's own;
+    # as_of, as before, is taken once the usage is read.
     body = b"".join(
         (
             b'{"customer_id":',
@@ -115,7 +116,7 @@ async def get_bill(request: Request) -> Response:
             b",",
             month.period_json,
             b',"as_of":',
-            jsonio.dumps(format_utc(now)),
+            jsonio.dumps(format_utc(datetime.now(UTC))),
             b",",
             bill.rest,
         )

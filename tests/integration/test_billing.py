@@ -5,15 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
 
-from app import jsonio
+from app import jsonio, rendered_bills
 from app.apikeys import Scope
 from app.plans import parse_plan
 from app.pricing import bill_to_json, price_bill
+from app.rendered_bills import render
 from app.repo.pool import create_pool
 from app.settings import Settings
 from app.worker.flusher import Flusher
@@ -133,11 +135,18 @@ async def test_contract_example_bill(
 
 
 async def test_a_bill_is_priced_again_when_its_plan_or_usage_changes(
-    app: Starlette, keys: Keys
+    app: Starlette, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Bills are rendered once per (stored plan, quantities) and kept: the same read again
     # is the same bytes, a changed plan or more usage is a new bill, and the kept rendering
     # is what one JSON document of the whole bill would be, key order included.
+    renders: list[object] = []
+
+    def counted(*args: Any) -> rendered_bills.RenderedBill:
+        renders.append(args)
+        return render(*args)
+
+    monkeypatch.setattr(rendered_bills, "render", counted)
     cheap = {**PRO, "fixed_fees": [], "prices": [PRO["prices"][1]]}
     async with client_for(app, keys.admin) as admin:
         assert (await admin.put("/api/v1/plans/p-memo", json=PRO)).status_code == 201
@@ -156,6 +165,7 @@ async def test_a_bill_is_priced_again_when_its_plan_or_usage_changes(
 
     first_text, first = await bill()
     again_text, again = await bill()
+    assert len(renders) == 1  # the second bill was read, not priced again
     assert again_text.replace(str(again["as_of"]), "") == first_text.replace(
         str(first["as_of"]), ""
     )
@@ -184,6 +194,7 @@ async def test_a_bill_is_priced_again_when_its_plan_or_usage_changes(
         assert (await admin.put("/api/v1/plans/p-memo", json=PRO)).status_code == 200
     _, back = await bill()
     assert back["total"] == "122.50"
+    assert len(renders) == 4
 
 
 async def test_customer_without_plan_and_created_after_usage(

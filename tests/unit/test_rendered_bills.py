@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from app import jsonio, rendered_bills
-from app.plans import parse_plan
+from app.plans import Plan, parse_plan
 from app.pricing import bill_to_json, price_bill
-from app.rendered_bills import RenderedBills, render
+from app.rendered_bills import ByteBoundedLRU, RenderedBills
 
 pytestmark = pytest.mark.unit
 
@@ -42,10 +42,6 @@ def whole(plan_id: str | None, body: str | None, quantities: dict[str, Decimal])
 
 def spliced(plan_id: str | None, body: str | None, quantities: dict[str, Decimal]) -> bytes:
     bill = RenderedBills().get(plan_id, body, tuple(sorted(quantities.items())))
-    fields = jsonio.dumps(
-        {"currency": bill.currency, "estimated_bill": bill.estimated_bill, "plan_id": bill.plan_id}
-    )
-    assert b"{" + bill.head + b"}" == fields
     return b"{" + bill.head + b"," + bill.rest
 
 
@@ -70,11 +66,13 @@ def test_a_bill_is_rendered_once_and_again_when_plan_or_quantities_change() -> N
     cheap, dear = plan_text("1"), plan_text("2")
     first = bills.get("p", cheap, (("sms", D(10)),))
     assert bills.get("p", cheap, (("sms", D(10)),)) is first
+    # Equal quantities, written otherwise: the same bill.
+    assert bills.get("p", cheap, (("sms", D("10.000000")),)) is first
     assert b'"total":"10.00"' in first.rest
     # The same plan id with another stored document, and other quantities: priced afresh.
     assert b'"total":"20.00"' in bills.get("p", dear, (("sms", D(10)),)).rest
     assert b'"total":"11.00"' in bills.get("p", cheap, (("sms", D(11)),)).rest
-    assert len(bills) == 3
+    assert len(bills.bills) == 3
     assert first.currency == "EUR"
     assert first.estimated_bill == 10
     assert first.plan_id == "p"
@@ -82,15 +80,16 @@ def test_a_bill_is_rendered_once_and_again_when_plan_or_quantities_change() -> N
 
 def test_kept_bills_stay_within_the_byte_budget_least_recently_used_first() -> None:
     body = plan_text("1")
-    bill = render("p", body, (("sms", D(1)),))
-    one = len(bill.head) + len(bill.rest) + len(body) + 1 + len("sms") + 200
-    bills = RenderedBills(max_bytes=3 * one + one // 2, max_entry=one)
+    one = RenderedBills()
+    one.get("p", body, (("sms", D(1)),))
+    size = one.bills.bytes  # what one such entry is counted as
+    bills = RenderedBills(max_bytes=3 * size + size // 2, max_entry=size)
     kept = [bills.get("p", body, (("sms", D(n)),)) for n in (1, 2, 3)]
-    assert len(bills) == 3
+    assert len(bills.bills) == 3
     assert bills.get("p", body, (("sms", D(1)),)) is kept[0]  # 1 is now the most recent
     bills.get("p", body, (("sms", D(4)),))  # over budget: 2, the least recent, goes
-    assert len(bills) == 3
-    assert bills.bytes <= bills.max_bytes
+    assert len(bills.bills) == 3
+    assert bills.bills.bytes == 3 * size <= bills.bills.max_bytes
     assert bills.get("p", body, (("sms", D(1)),)) is kept[0]
     assert bills.get("p", body, (("sms", D(3)),)) is kept[2]
     assert bills.get("p", body, (("sms", D(2)),)) is not kept[1]  # rendered again
@@ -99,20 +98,44 @@ def test_kept_bills_stay_within_the_byte_budget_least_recently_used_first() -> N
 def test_an_entry_bigger_than_its_share_is_rendered_and_not_kept() -> None:
     bills = RenderedBills(max_bytes=64 * 1024)
     big = plan_text("1", name="x" * 256, fixed_fees=[{"description": "f" * 256, "amount": "1"}] * 5)
-    assert len(big) > bills.max_entry == 1024
+    assert len(big) > bills.bills.max_entry == 1024
     bill = bills.get("p", big, (("sms", D(1)),))
     assert b'"total":"6.00"' in bill.rest
-    assert len(bills) == 0
-    assert bills.bytes == 0
+    assert len(bills.bills) == 0
+    assert bills.bills.bytes == 0
+    assert len(bills.plans) == 1  # its plan is kept: it fits the plans' budget
 
 
-def test_only_plans_up_to_the_limit_stay_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rendered_bills, "_PLAN_KEPT_BYTES", 200)
-    rendered_bills._parsed.cache_clear()
+def test_plans_are_parsed_once_within_their_own_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[str] = []
+
+    def counting(plan_id: str, body: object) -> Plan:
+        parsed.append(plan_id)
+        return parse_plan(plan_id, body)
+
+    monkeypatch.setattr(rendered_bills, "parse_plan", counting)
     small, large = plan_text("1"), plan_text("1", name="n" * 200)
-    assert len(small) <= 200 < len(large)
-    render("p", small, ())
-    render("p", large, ())
-    render("p", large, ())
-    info = rendered_bills._parsed.cache_info()
-    assert (info.currsize, info.misses) == (1, 1)
+    # Plans are counted at 8 bytes per byte of document: the large one is over a quarter.
+    bills = RenderedBills(plan_bytes=4 * 8 * (len(small) + 100))
+    for n in range(3):  # other quantities each time: no kept bill answers
+        bills.get("s", small, (("sms", D(n)),))
+        bills.get("l", large, (("sms", D(n)),))
+    assert parsed == ["s", "l", "l", "l"]
+    assert len(bills.plans) == 1
+    # Another document under the same id is parsed again, and priced by it.
+    dearer = plan_text("2")
+    assert b'"total":"20.00"' in bills.get("s", dearer, (("sms", D(10)),)).rest
+    assert parsed[-1] == "s"
+
+
+def test_the_lru_keeps_what_fits() -> None:
+    lru: ByteBoundedLRU[str, int] = ByteBoundedLRU(max_bytes=10, max_entry=6)
+    lru.put("a", 1, 4)
+    lru.put("b", 2, 4)
+    lru.put("c", 3, 7)  # over max_entry: not kept
+    assert (lru.get("c"), len(lru), lru.bytes) == (None, 2, 8)
+    assert lru.get("a") == 1
+    lru.put("d", 4, 4)  # 12 > 10: "b", the least recently used, goes
+    assert (lru.get("b"), lru.get("a"), lru.get("d"), lru.bytes) == (None, 1, 4, 8)
+    lru.put("a", 5, 4)  # already kept: unchanged, not counted twice
+    assert (lru.get("a"), lru.bytes) == (1, 8)
