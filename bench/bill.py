@@ -272,25 +272,32 @@ async def _write_target(settings: Settings, per_s: int, stop: threading.Event) -
 
 
 @contextlib.contextmanager
-def _target_written(settings: Settings | None, per_s: int) -> Iterator[None]:
+def _target_written(settings: Settings | None, per_s: int) -> Iterator[list[int]]:
     """With ``per_s``, the target's usage changes that often while the block runs (events
-    straight into Redis, as ingest leaves them): its bills then see new quantities."""
+    straight into Redis, as ingest leaves them): its bills then see new quantities. The
+    list given holds, after the block, how many events were written (empty without)."""
+    sent: list[int] = []
     if settings is None or not per_s:
-        yield
+        yield sent
         return
     stop = threading.Event()
-    sent: list[int] = []
     thread = threading.Thread(
         target=lambda: sent.append(asyncio.run(_write_target(settings, per_s, stop))),
         daemon=True,
     )
     thread.start()
+    started = time.monotonic()
     try:
-        yield
+        yield sent
     finally:
         stop.set()
         thread.join(timeout=30)
-    c.log(f"  the target got {sent[0] if sent else '?'} events while read")
+    # A writer that died (its error is printed by the thread) leaves nothing: say so, and
+    # do not let the point pass for one measured under writes.
+    wanted = per_s * (time.monotonic() - started)
+    if not sent or sent[0] < 0.9 * wanted:
+        raise RuntimeError(f"the target's writer sent {sent or 'nothing'}, not ~{wanted:.0f}")
+    c.log(f"  the target got {sent[0]} events while read ({sent[0] / wanted * per_s:.0f}/s)")
 
 
 async def _expected(url: str, period: Period, hot: dict[str, int]) -> dict[str, Decimal]:
@@ -406,10 +413,10 @@ def _point(
     ``written`` the target's usage changes ``_writes_per_s()`` times a second meanwhile."""
     runs = []
     for attempt in range(c.repeat()):
-        with _target_written(written, _writes_per_s()):
-            runs.append(
-                _once(url, token, path, conns, groups, attempt, pause_ms, many, written is not None)
-            )
+        with _target_written(written, _writes_per_s()) as sent:
+            run = _once(url, token, path, conns, groups, attempt, pause_ms, many, bool(written))
+        run["writes"] = sent[0] if sent else 0
+        runs.append(run)
     best = dict(min(runs, key=lambda r: r["cpu_percent"]["other"]))
     best["writes_per_s"] = _writes_per_s() if written is not None else 0
     best["runs"] = [
@@ -418,6 +425,7 @@ def _point(
             "p50_ms": r["p50_ms"],
             "p99_ms": r["p99_ms"],
             "other_cpu_percent": r["cpu_percent"]["other"],
+            "writes": r["writes"],
         }
         for r in runs
     ]
