@@ -32,7 +32,8 @@ spent per bill, each ``BENCH_REPEAT`` times (default 2; the run
 the rest of the shared machine disturbed least is reported). The
 bill's quantities are checked against PostgreSQL + Redis first. A breakdown times, in
 this process, the parts of one bill (the exact usage read as bills and as the usage
-endpoint do it, the PostgreSQL statement alone, pricing).
+endpoint do it, the PostgreSQL statement alone, pricing and rendering as when a bill's
+rendering is not kept).
 
 ``BENCH_BILL_ROWS`` scales the table down (e.g. 1000000) for a quick run;
 ``BENCH_BILL_COALESCE=off`` runs the API with ``TALLY_BILL_COALESCE=off`` (bills that do
@@ -324,7 +325,8 @@ async def _breakdown(settings: Settings, period: Period, n: int = 200) -> dict[s
     the exact usage read as bills do it (``monthly=True``: monthly totals plus the flushes
     not rolled up yet, summed per resource type in PostgreSQL) and as the usage endpoint
     does (per hour), the PostgreSQL statement alone in both forms, and pricing + rendering
-    of an already parsed plan (the API caches them)."""
+    of an already parsed plan (the API keeps parsed plans; this is what a bill costs when
+    its rendering is not kept, app/rendered_bills.py)."""
     redis = create_redis(settings)
     scripts = Scripts.register(redis)
     pool = await create_pool(settings)
