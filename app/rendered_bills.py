@@ -33,8 +33,11 @@ V = TypeVar("V")
 # Per process. A typical kept bill (a plan of a few prices, a bill of a few lines) is 3-6
 # kB, so this keeps a few thousand; one may take at most a 64th of it.
 MAX_BYTES = 16 * 1024 * 1024
-# Parsed plans, per process: a few of the biggest (2 MB of document), thousands of the
-# usual ones; one may take at most a quarter of it.
+# Parsed plans, per process: two of the biggest, thousands of the usual ones; one may take
+# at most half of it, a document of 4 MB. A plan's request is at most 2 MiB and its stored
+# document (plan_to_json's, as jsonb text: a space after each ',' and ':') about 1.15
+# times that; more only for numbers sent in exponent form (1e40 is stored as 41 digits).
+# Such a plan, past 4 MB, is parsed again for each bill it prices.
 PLAN_BYTES = 64 * 1024 * 1024
 # A parsed plan's objects take about 6.3 times its document's size (measured on a 254 kB
 # plan): 8 is the estimate kept.
@@ -116,7 +119,7 @@ class RenderedBills:
         bill_entry = max_bytes // 64 if max_entry is None else max_entry
         self.bills: ByteBoundedLRU[BillKey, RenderedBill] = ByteBoundedLRU(max_bytes, bill_entry)
         self.plans: ByteBoundedLRU[tuple[str, str], Plan] = ByteBoundedLRU(
-            plan_bytes, plan_bytes // 4
+            plan_bytes, plan_bytes // 2
         )
 
     def get(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from app import jsonio, rendered_bills
+from app.api.body import MAX_BODY_BYTES
 from app.plans import Plan, parse_plan
 from app.pricing import bill_to_json, price_bill
 from app.rendered_bills import ByteBoundedLRU, RenderedBills
@@ -115,8 +117,8 @@ def test_plans_are_parsed_once_within_their_own_budget(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(rendered_bills, "parse_plan", counting)
     small, large = plan_text("1"), plan_text("1", name="n" * 200)
-    # Plans are counted at 8 bytes per byte of document: the large one is over a quarter.
-    bills = RenderedBills(plan_bytes=4 * 8 * (len(small) + 100))
+    # Plans are counted at 8 bytes per byte of document: the large one is over half.
+    bills = RenderedBills(plan_bytes=2 * 8 * (len(small) + 100))
     for n in range(3):  # other quantities each time: no kept bill answers
         bills.get("s", small, (("sms", D(n)),))
         bills.get("l", large, (("sms", D(n)),))
@@ -139,3 +141,10 @@ def test_the_lru_keeps_what_fits() -> None:
     assert (lru.get("b"), lru.get("a"), lru.get("d"), lru.bytes) == (None, 1, 4, 8)
     lru.put("a", 5, 4)  # already kept: unchanged, not counted twice
     assert (lru.get("a"), lru.bytes) == (1, 8)
+
+
+def test_the_biggest_plan_a_request_can_store_is_kept_parsed() -> None:
+    # A plan's request is at most 2 MiB (app/api/body.py); as jsonb text it grows by a
+    # space after each ',' and ':'. Even at 1.25 times that, its parse must fit.
+    biggest = "x" * int(MAX_BODY_BYTES * 1.25)
+    assert rendered_bills._PLAN_PER_BYTE * sys.getsizeof(biggest) <= RenderedBills().plans.max_entry
