@@ -131,44 +131,37 @@ async def read_usages(
     both: app/coalescer.py).
     Each customer's usage is exact at an instant within this call, as if read alone.
     """
-    unique = list(dict.fromkeys(customers))
-    if len(unique) < len(customers):
-        # Bills of one customer in one shared read (a dashboard's polling): its fields and
-        # rows are read once and the usage given to each, exact at the same instant.
-        read = await read_usages(
-            scripts, pool, tenant, unique, first_hour, end_hour, monthly=monthly
-        )
-        of = dict(zip(unique, read, strict=True))
-        return [of[customer_id] for customer_id in customers]
     start = datetime.fromtimestamp(first_hour * 3600, tz=UTC)
     end = datetime.fromtimestamp(end_hour * 3600, tz=UTC)
-    done: dict[int, CustomerUsage | DatabaseUnavailableError] = {}
-    todo = list(range(len(customers)))
+    done: dict[str, CustomerUsage | DatabaseUnavailableError] = {}
+    # Each customer once, however many of its bills share the read (a dashboard's
+    # polling): its fields and rows are read once and its usage given to each.
+    todo = list(dict.fromkeys(customers))
     for _ in range(READ_ATTEMPTS):
         # Start the request's PostgreSQL budget before the Redis read: the PostgreSQL
         # snapshot then follows the Redis one by at most the budget, however the event
         # loop is delayed in between (TALLY_ROLLUP_AGE's floor rests on that).
         start_clock()
-        unflushed = await read_unflushed(scripts, tenant, [customers[i] for i in todo])
+        unflushed = await read_unflushed(scripts, tenant, todo)
         keys = [
-            ColdKey(customers[i], shard_of(customers[i]), u.seq, u.pending_seq)
-            for i, u in zip(todo, unflushed, strict=True)
+            ColdKey(customer_id, shard_of(customer_id), u.seq, u.pending_seq)
+            for customer_id, u in zip(todo, unflushed, strict=True)
         ]
         colds = await read_cold(pool, tenant, start, end, keys, monthly=monthly)
-        raced: list[int] = []
-        for i, u, cold in zip(todo, unflushed, colds, strict=True):
+        raced: list[str] = []
+        for customer_id, u, cold in zip(todo, unflushed, colds, strict=True):
             if cold.raced_rollup:
-                raced.append(i)
-                log.warning("read.raced_rollup", tenant=tenant, customer=customers[i], seq=u.seq)
+                raced.append(customer_id)
+                log.warning("read.raced_rollup", tenant=tenant, customer=customer_id, seq=u.seq)
             else:
-                done[i] = _merge(u, cold, first_hour, end_hour)
+                done[customer_id] = _merge(u, cold, first_hour, end_hour)
         if not raced:
             break
         todo = raced
     else:
-        for i in todo:
-            done[i] = DatabaseUnavailableError("the read kept racing roll-ups; try again")
-    return [done[i] for i in range(len(customers))]
+        for customer_id in todo:
+            done[customer_id] = DatabaseUnavailableError("the read kept racing roll-ups; try again")
+    return [done[customer_id] for customer_id in customers]
 
 
 def _merge(unflushed: Unflushed, cold: ColdRead, first_hour: int, end_hour: int) -> CustomerUsage:
