@@ -39,17 +39,28 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # -- reporting ------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on (recorded with every result)."""
-    model = ""
+def cpu() -> str:
+    """The CPU as /proc/cpuinfo names it, with its family and model: hosts of one machine
+    kind differ (one "Intel(R) Xeon(R) Processor" did a bill in half another's CPU time,
+    docs/benchmarks.md §12), and a VM's model name alone may not tell them apart."""
+    fields: dict[str, str] = {}
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+            name, _, value = line.partition(":")
+            if not name.strip():
+                break  # the first processor's block is enough
+            fields.setdefault(name.strip(), value.strip())
+    model = fields.get("model name", "")
+    if "cpu family" in fields and "model" in fields:
+        model += f" (family {fields['cpu family']} model {fields['model']})"
+    return f"{os.cpu_count()} × {model.strip() or 'unknown CPU'}"
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (recorded with every result)."""
     return {
         "nproc": os.cpu_count(),
-        "cpu_model": model,
+        "cpu_model": cpu(),
         "loadavg": os.getloadavg(),
         "python": platform.python_version(),
         "redis": _version(["redis-server", "--version"]),

@@ -506,7 +506,7 @@ def main() -> dict[str, Any]:
     c.require_wrk()
     configure_logging("console", "warning")
     logs = c.scratch_dir("tally-bench-bill-logs-")
-    c.log(f"bench.bill: {_rows():,} rows; load {c.load()}; logs in {logs}")
+    c.log(f"bench.bill: {_rows():,} rows; {c.cpu()}; load {c.load()}; logs in {logs}")
     period = Period.containing(datetime.now(UTC))
     # The bill is read in the current month; stay clear of a month change mid-run.
     if period.end - datetime.now(UTC) < timedelta(minutes=15):

@@ -303,7 +303,7 @@ def main() -> dict[str, Any]:
     """Run both parts; print the tables; write ``bench/results/flush.json``."""
     configure_logging("console", "warning")
     logs = c.scratch_dir("tally-bench-flush-logs-")
-    c.log(f"bench.flush: load {c.load()}; logs in {logs}")
+    c.log(f"bench.flush: {c.cpu()}; load {c.load()}; logs in {logs}")
     rate = int(os.environ.get("BENCH_LAG_RATE", "2000"))
     seconds = float(os.environ.get("BENCH_LAG_SECONDS", "20"))
     with c.redis_server() as rserver, c.postgres_server(durable=True) as pg:

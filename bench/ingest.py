@@ -252,7 +252,7 @@ def main() -> dict[str, Any]:
     """Run every point; print the table; write ``bench/results/ingest.json``."""
     c.require_wrk()
     logs = c.scratch_dir("tally-bench-ingest-logs-")
-    c.log(f"bench.ingest: load {c.load()}; logs in {logs}")
+    c.log(f"bench.ingest: {c.cpu()}; load {c.load()}; logs in {logs}")
     with c.redis_server() as rserver, c.postgres_server(durable=False) as pg:
         env = c.tally_env(rserver.url, pg.url)
         c.migrate(env)

@@ -168,7 +168,7 @@ def main() -> dict[str, Any]:
         {k: v for k, v in os.environ.items() if k.startswith("TALLY_")}, require_urls=False
     )
     config = IdempotencyConfig(settings.idempotency_ttl, settings.idempotency_fanout)
-    c.log(f"bench.memory: {count:,} keys, {config}; load {c.load()}")
+    c.log(f"bench.memory: {count:,} keys, {config}; {c.cpu()}; load {c.load()}")
     with c.redis_server(appendonly=False) as server:
         client = redis.Redis.from_url(server.url)
         control = _run(client, server.url, "control", count, None)
