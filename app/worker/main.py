@@ -19,6 +19,7 @@ import structlog
 
 from app.hotpath.client import check_redis, create_redis
 from app.hotpath.keys import HEARTBEAT
+from app.hotpath.redis_errors import RedisUnavailableError, redis_errors
 from app.repo.pool import create_pool
 from app.settings import Settings
 from app.worker.faults import checkpoint_from_env
@@ -34,10 +35,14 @@ DUPLICATE_SIGNAL_WINDOW = 1.0
 
 
 async def heartbeat_is_fresh(settings: Settings) -> bool:
-    """True when some flusher wrote its heartbeat within its TTL."""
+    """True when some flusher wrote its heartbeat within its TTL.
+
+    Raises :class:`RedisUnavailableError` when Redis cannot be asked.
+    """
     redis = create_redis(settings)
     try:
-        return bool(await redis.exists(HEARTBEAT))
+        async with redis_errors():
+            return bool(await redis.exists(HEARTBEAT))
     finally:
         await redis.aclose()
 
@@ -128,7 +133,12 @@ def run_flush_command(
     if interval is not None:
         settings = dataclasses.replace(settings, flush_interval=interval)
     if check:
-        fresh = anyio.run(heartbeat_is_fresh, settings)
+        try:
+            fresh = anyio.run(heartbeat_is_fresh, settings)
+        except RedisUnavailableError as exc:
+            # A probe's answer, not a crash: one line saying why, and not healthy.
+            print(f"tally flush: cannot check the heartbeat: {exc}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
         print("heartbeat fresh" if fresh else "no fresh heartbeat")
         return 0 if fresh else 1
     if metrics_port:

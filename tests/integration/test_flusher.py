@@ -230,6 +230,17 @@ async def test_check_reports_the_heartbeat(
     assert run_flush(settings, "--check").returncode == 0
 
 
+async def test_check_without_redis_says_why_in_one_line(settings: Settings) -> None:
+    # Nothing listens on the port: the probe fails with a reason, not a traceback.
+    down = dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    checked = run_flush(down, "--check")
+    assert checked.returncode == 1
+    assert checked.stdout == ""
+    assert checked.stderr.startswith("tally flush: cannot check the heartbeat: redis unavailable")
+    assert "Traceback" not in checked.stderr
+    assert len(checked.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.slow
 async def test_standalone_flusher_serves_its_metrics(
     settings: Settings, redis: aioredis.Redis, tenant: str
