@@ -130,7 +130,7 @@ class RenderedBills:
         found = self.bills.get(key)
         if found is not None:
             return found
-        plan = self._plan(plan_id, plan_body) if plan_id and plan_body else None
+        plan = self.plan(plan_id, plan_body) if plan_id and plan_body else None
         rendered = render(plan, quantities)
         size = (
             sys.getsizeof(plan_id)
@@ -142,9 +142,12 @@ class RenderedBills:
         self.bills.put(key, rendered, size)
         return rendered
 
-    def _plan(self, plan_id: str, body: str) -> Plan:
-        # Keyed by the stored document itself, so an updated plan is parsed again; plans
-        # are frozen dataclasses, safe to share between bills.
+    def plan(self, plan_id: str, body: str) -> Plan:
+        """The stored plan document ``body``, parsed (kept within the plans' budget).
+
+        Keyed by the stored document itself, so an updated plan is parsed again; plans
+        are frozen dataclasses, safe to share between bills and plan reads.
+        """
         found = self.plans.get((plan_id, body))
         if found is None:
             found = parse_plan(plan_id, jsonio.loads(body))

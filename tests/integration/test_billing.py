@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -398,6 +399,19 @@ async def test_invalid_plans_name_the_field(app: Starlette, keys: Keys) -> None:
         assert (await admin.get("/api/v1/plans/bad")).status_code == 404
         unknown = await admin.put("/api/v1/customers/c-1", json={"plan_id": "nope"})
         assert unknown.status_code == 422
+
+
+async def test_a_plan_reads_back_as_its_put_answered_it(app: Starlette, keys: Keys) -> None:
+    # Stored as jsonb, whose member order is its own; a read answers the PUT's document.
+    async with client_for(app, keys.admin) as admin:
+        put = await admin.put("/api/v1/plans/echo", json=PRO)
+        got = await admin.get("/api/v1/plans/echo")
+        listed = (await admin.get("/api/v1/plans")).json()["data"]
+    assert put.status_code == 201
+    assert got.status_code == 200
+    assert got.content == put.content
+    (entry,) = [p for p in listed if p["plan_id"] == "echo"]
+    assert json.dumps(entry) == json.dumps(put.json())  # same members in the same order
 
 
 async def test_customer_listing_with_cursor(app: Starlette, keys: Keys) -> None:
