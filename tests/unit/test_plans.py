@@ -6,7 +6,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from app import jsonio
 from app.plans import (
     Discount,
     FixedFee,
@@ -620,3 +623,80 @@ def test_format_decimal_writes_a_value_one_way_whichever_spelling_came_first(
     # format_decimal is cached by value: equal values spelled differently share an entry.
     for spelling in values + values[::-1]:
         assert format_decimal(Decimal(spelling)) == text
+
+
+# --- stored and read back (GET answers what PUT did) -----------------------------------
+
+
+# Numbers as a client may send them: strings with trailing zeros, and JSON numbers, which
+# the API parses as Decimals (exponent forms such as 1.5E+3 included).
+def _as_sent(value: Decimal) -> st.SearchStrategy[object]:
+    plain = f"{value:f}"
+    padded = plain + ("0" if "." in plain else ".0")
+    return st.sampled_from([plain, padded, value, value.normalize()])
+
+
+def _number(places: int, high: int) -> st.SearchStrategy[object]:
+    return st.decimals(min_value=0, max_value=high, places=places).flatmap(_as_sent)
+
+
+@st.composite
+def _tiers(draw: st.DrawFn, fee_only: bool = False) -> list[dict[str, Any]]:
+    bounds = sorted(set(draw(st.lists(st.decimals(0, 10**6, places=6), max_size=4))))
+    tiers: list[dict[str, Any]] = []
+    for bound in [*bounds, None]:
+        tier: dict[str, Any] = {"up_to": None if bound is None else draw(_as_sent(bound))}
+        if not fee_only:
+            tier["unit_price"] = draw(_number(6, 1000))
+        if fee_only or draw(st.booleans()):
+            tier["flat_fee"] = draw(_number(2, 1000))
+        tiers.append(tier)
+    return tiers
+
+
+@st.composite
+def _plans(draw: st.DrawFn) -> dict[str, Any]:
+    currency, minor = draw(st.sampled_from([("USD", 2), ("JPY", 0), ("KWD", 3)]))
+    prices: list[dict[str, Any]] = []
+    for n, model in enumerate(draw(st.lists(st.sampled_from(MODELS), min_size=1, max_size=5))):
+        price: dict[str, Any] = {"resource_type": f"r{n}", "model": model}
+        if model == "per_unit":
+            price["unit_price"] = draw(_number(6, 1000))
+        elif model == "package":
+            price["package_size"] = draw(st.decimals(1, 1000, places=0).flatmap(_as_sent))
+            price["package_price"] = draw(_number(minor, 1000))
+        else:
+            price["tiers"] = draw(_tiers(fee_only=model == "stair_step"))
+        if draw(st.booleans()):
+            price["free_units"] = draw(_number(6, 10**4))
+        prices.append(price)
+    discount = st.one_of(
+        st.builds(lambda p: {"description": "off", "percent": p}, _number(2, 100)),
+        st.builds(lambda a: {"description": "credit", "amount": a}, _number(minor, 10**4)),
+    )
+    fee = st.builds(lambda a: {"description": "fee", "amount": a}, _number(minor, 10**4))
+    body: dict[str, Any] = {"currency": currency, "prices": prices}
+    if draw(st.booleans()):
+        body["name"] = draw(st.sampled_from(["Pro", "Ünïcode ✓", "  spaced  "]))
+    if draw(st.booleans()):
+        body["fixed_fees"] = draw(st.lists(fee, max_size=3))
+    if draw(st.booleans()):
+        body["discounts"] = draw(st.lists(discount, max_size=3))
+    if draw(st.booleans()):
+        body["minimum_commitment"] = draw(_number(minor, 10**5))
+    return body
+
+
+MODELS = ("per_unit", "graduated", "volume", "package", "stair_step")
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(_plans())
+def test_a_stored_plan_reads_back_as_its_put_answered(body: dict[str, Any]) -> None:
+    # PUT answers plan_to_json(parse_plan(body)) and stores that document's JSON text;
+    # GET parses the stored text and renders it again: the same members, in the same
+    # order, with the same values.
+    answered = plan_to_json(parse_plan("p", body))
+    stored = jsonio.dumps(answered)
+    read = plan_to_json(parse_plan("p", jsonio.loads(stored)))
+    assert jsonio.dumps(read) == stored
