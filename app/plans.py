@@ -488,6 +488,35 @@ def _discount(p: _Parser, value: object, path: str, places: int | None) -> Disco
     return Discount(description, amount=p.money(obj["amount"], f"{path}.amount", places))
 
 
+# Every object plan_to_json writes (plan, price, tier, fixed fee, discount) lists its
+# members in this relative order, so one rank puts any of them back in order.
+_MEMBER_RANK = {
+    name: rank
+    for rank, name in enumerate(
+        (
+            *("plan_id", "name", "currency", "prices", "fixed_fees", "discounts"),
+            *("minimum_commitment", "resource_type", "model", "up_to", "unit_price"),
+            *("package_size", "package_price", "tiers", "free_units", "flat_fee"),
+            *("description", "percent", "amount"),
+        )
+    )
+}
+
+
+def in_plan_order(document: Any) -> Any:
+    """A stored plan document (plan_to_json's output) with every object's members back in
+    plan_to_json's order: PostgreSQL's jsonb keeps an order of its own (shortest first).
+
+    Only the order changes; a member the rank does not know keeps its place after the rest.
+    """
+    if isinstance(document, dict):
+        members = sorted(document, key=lambda m: _MEMBER_RANK.get(m, len(_MEMBER_RANK)))
+        return {m: in_plan_order(document[m]) for m in members}
+    if isinstance(document, list):
+        return [in_plan_order(item) for item in document]
+    return document
+
+
 def plan_to_json(plan: Plan) -> dict[str, Any]:
     """Render ``plan`` as a JSON-able dict: the body ``parse_plan`` takes, plus ``plan_id``.
 

@@ -14,11 +14,10 @@ from app.api.params import cursor_param, encode_cursor, limit_param, not_found, 
 from app.apikeys import Scope
 from app.errors import ApiError, validation_error
 from app.ids import id_problem
-from app.plans import PlanValidationError, parse_plan, plan_to_json
+from app.plans import PlanValidationError, in_plan_order, parse_plan, plan_to_json
 from app.repo import customers as repo
 from app.repo.customers import CustomerRecord
 from app.responses import JSONResponse
-from app.services import Services
 from app.text import is_email, text_problem
 from app.timestamps import format_utc
 
@@ -130,17 +129,11 @@ async def get_plan(request: Request) -> Response:
     """One plan."""
     principal = await caller(request, ADMIN)
     plan_id = path_id(request, "plan_id")
-    svc = services(request)
-    body = await repo.get_plan(svc.pool, principal.tenant, plan_id)
+    body = await repo.get_plan(services(request).pool, principal.tenant, plan_id)
     if body is None:
         raise not_found("plan")
-    return JSONResponse(_stored_plan(svc, plan_id, body))
-
-
-def _stored_plan(svc: Services, plan_id: str, body: str) -> dict[str, Any]:
-    # PostgreSQL's jsonb keeps a document's members in an order of its own: rendered
-    # again, a read gives the document exactly as the PUT that stored it answered it.
-    return plan_to_json(svc.rendered_bills.plan(plan_id, body))
+    # As the PUT that stored it answered it, members in the same order (jsonb's is its own).
+    return JSONResponse(in_plan_order(jsonio.loads(body)))
 
 
 PLANS_PAGE = 1000
@@ -151,13 +144,14 @@ async def list_plans(request: Request) -> Response:
     ``GET /api/v1/plans`` with no paging; a catalogue beyond PLANS_PAGE still pages)."""
     principal = await caller(request, ADMIN)
     limit = limit_param(request, default=PLANS_PAGE, maximum=PLANS_PAGE)
-    svc = services(request)
-    rows = await repo.list_plans(svc.pool, principal.tenant, cursor_param(request), limit + 1)
+    rows = await repo.list_plans(
+        services(request).pool, principal.tenant, cursor_param(request), limit + 1
+    )
     page = rows[:limit]
     more = len(rows) > limit
     return JSONResponse(
         {
-            "data": [_stored_plan(svc, plan_id, body) for plan_id, body in page],
+            "data": [in_plan_order(jsonio.loads(body)) for _, body in page],
             "next_cursor": encode_cursor(page[-1][0]) if more else None,
         }
     )

@@ -701,7 +701,5 @@ async def test_catalog_answers_are_documented(
     extra: dict[str, Any],
     status: int,
 ) -> None:
-    request = make_request(
-        params, services=SimpleNamespace(pool=None, rendered_bills=RenderedBills()), **extra
-    )
+    request = make_request(params, services=SimpleNamespace(pool=None), **extra)
     assert (await answer(path, method, handler, request))[0] == status
