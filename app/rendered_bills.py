@@ -35,9 +35,10 @@ V = TypeVar("V")
 MAX_BYTES = 16 * 1024 * 1024
 # Parsed plans, per process: two of the biggest, thousands of the usual ones; one may take
 # at most half of it, a document of 4 MB. A plan's request is at most 2 MiB and its stored
-# document (plan_to_json's, as jsonb text: a space after each ',' and ':') about 1.15
-# times that; more only for numbers sent in exponent form (1e40 is stored as 41 digits).
-# Such a plan, past 4 MB, is parsed again for each bill it prices.
+# document (plan_to_json's, as jsonb text: a space after each ',' and ':') usually about
+# 1.15 times that; up to about 3.5 times for thousands of minimal prices or tiers, whose
+# defaults are written out ("free_units": "0", "flat_fee": "0": a 2 MiB request of them
+# was stored as 7.2 MB). Such a plan, past 4 MB, is parsed again for each bill it prices.
 PLAN_BYTES = 64 * 1024 * 1024
 # A parsed plan's objects take about 6.3 times its document's size (measured on a 254 kB
 # plan): 8 is the estimate kept.
@@ -130,7 +131,7 @@ class RenderedBills:
         found = self.bills.get(key)
         if found is not None:
             return found
-        plan = self.plan(plan_id, plan_body) if plan_id and plan_body else None
+        plan = self._plan(plan_id, plan_body) if plan_id and plan_body else None
         rendered = render(plan, quantities)
         size = (
             sys.getsizeof(plan_id)
@@ -142,12 +143,9 @@ class RenderedBills:
         self.bills.put(key, rendered, size)
         return rendered
 
-    def plan(self, plan_id: str, body: str) -> Plan:
-        """The stored plan document ``body``, parsed (kept within the plans' budget).
-
-        Keyed by the stored document itself, so an updated plan is parsed again; plans
-        are frozen dataclasses, safe to share between bills and plan reads.
-        """
+    def _plan(self, plan_id: str, body: str) -> Plan:
+        # Keyed by the stored document itself, so an updated plan is parsed again; plans
+        # are frozen dataclasses, safe to share between bills.
         found = self.plans.get((plan_id, body))
         if found is None:
             found = parse_plan(plan_id, jsonio.loads(body))
