@@ -16,6 +16,7 @@ import time
 
 import anyio
 import structlog
+from redis.exceptions import RedisError
 
 from app.hotpath.client import check_redis, create_redis
 from app.hotpath.keys import HEARTBEAT
@@ -37,7 +38,9 @@ DUPLICATE_SIGNAL_WINDOW = 1.0
 async def heartbeat_is_fresh(settings: Settings) -> bool:
     """True when some flusher wrote its heartbeat within its TTL.
 
-    Raises :class:`RedisUnavailableError` when Redis cannot be asked.
+    Raises :class:`RedisUnavailableError` when Redis cannot be reached, redis-py's
+    ``RedisError`` when it answers with an error, ``ValueError`` for a ``REDIS_URL`` that
+    redis-py refuses.
     """
     redis = create_redis(settings)
     try:
@@ -135,9 +138,17 @@ def run_flush_command(
     if check:
         try:
             fresh = anyio.run(heartbeat_is_fresh, settings)
-        except RedisUnavailableError as exc:
-            # A probe's answer, not a crash: one line saying why, and not healthy.
-            print(f"tally flush: cannot check the heartbeat: {exc}", file=sys.stderr)
+        except (RedisUnavailableError, RedisError, ValueError) as exc:
+            # A probe's answer, not a crash: one line saying why, and not healthy. Besides
+            # outages: a server that answers an error (a missing database, an ACL) or is
+            # not Redis, and a REDIS_URL redis-py refuses (a port out of range).
+            reason = (
+                str(exc)
+                if isinstance(exc, RedisUnavailableError)
+                else f"{type(exc).__name__}: {exc}"
+            )
+            reason = " ".join(reason.split())
+            print(f"tally flush: cannot check the heartbeat: {reason}", file=sys.stderr)
             return EXIT_UNAVAILABLE
         print("heartbeat fresh" if fresh else "no fresh heartbeat")
         return 0 if fresh else 1

@@ -8,8 +8,9 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -230,13 +231,33 @@ async def test_check_reports_the_heartbeat(
     assert run_flush(settings, "--check").returncode == 0
 
 
-async def test_check_without_redis_says_why_in_one_line(settings: Settings) -> None:
-    # Nothing listens on the port: the probe fails with a reason, not a traceback.
-    down = dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+def _redis_url_with_db(url: str, db: int) -> str:
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts._replace(query=f"db={db}").geturl()
+    return parts._replace(path=f"/{db}").geturl()
+
+
+@pytest.mark.parametrize(
+    ("url_of", "reason"),
+    [
+        # Nothing listens on port 1 of the loopback.
+        (lambda _: "redis://127.0.0.1:1/0", "redis unavailable: "),
+        # redis-py refuses the URL itself.
+        (lambda _: "redis://127.0.0.1:99999/0", "ValueError: "),
+        # A real server that answers with an error.
+        (lambda url: _redis_url_with_db(url, 99), "ResponseError: DB index"),
+    ],
+    ids=["refused", "port-out-of-range", "db-out-of-range"],
+)
+async def test_check_says_in_one_line_why_it_cannot_ask_redis(
+    settings: Settings, url_of: Callable[[str], str], reason: str
+) -> None:
+    down = dataclasses.replace(settings, redis_url=url_of(settings.redis_url))
     checked = run_flush(down, "--check")
     assert checked.returncode == 1
     assert checked.stdout == ""
-    assert checked.stderr.startswith("tally flush: cannot check the heartbeat: redis unavailable")
+    assert checked.stderr.startswith(f"tally flush: cannot check the heartbeat: {reason}")
     assert "Traceback" not in checked.stderr
     assert len(checked.stderr.strip().splitlines()) == 1
 
