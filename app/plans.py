@@ -490,17 +490,12 @@ def _discount(p: _Parser, value: object, path: str, places: int | None) -> Disco
 
 # Every object plan_to_json writes (plan, price, tier, fixed fee, discount) lists its
 # members in this relative order, so one rank puts any of them back in order.
-_MEMBER_RANK = {
-    name: rank
-    for rank, name in enumerate(
-        (
-            *("plan_id", "name", "currency", "prices", "fixed_fees", "discounts"),
-            *("minimum_commitment", "resource_type", "model", "up_to", "unit_price"),
-            *("package_size", "package_price", "tiers", "free_units", "flat_fee"),
-            *("description", "percent", "amount"),
-        )
-    )
-}
+_MEMBER_ORDER = (
+    "plan_id", "name", "currency", "prices", "fixed_fees", "discounts", "minimum_commitment",
+    "resource_type", "model", "up_to", "unit_price", "package_size", "package_price", "tiers",
+    "free_units", "flat_fee", "description", "percent", "amount",
+)  # fmt: skip
+_MEMBER_RANK = {name: rank for rank, name in enumerate(_MEMBER_ORDER)}
 
 
 def in_plan_order(document: Any) -> Any:
